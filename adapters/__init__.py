@@ -1,0 +1,1 @@
+"""Framework adapters (installed as ``qronos_linalg.adapters``): ONNX graphs and PyTorch models."""

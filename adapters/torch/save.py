@@ -1,0 +1,173 @@
+"""Save a quantized causal LM as a Hugging Face folder plus its quantization record, and load it back.
+
+Folder layout:
+
+- ``config.json``, ``model.safetensors`` (+ tokenizer files): loadable with
+  ``AutoModelForCausalLM.from_pretrained``; every quantized weight is the dequantized ``Q``, except that
+  a layer with an online rotation ``x ↦ x R`` stores ``Q Rᵀ`` so that the plain folder computes the same
+  function without the hook;
+- ``quantization.json``: settings, transforms, and per layer the bits, group size, range, algorithm,
+  damping and input transform (online rotation, activation bits);
+- ``quantization.safetensors``: per layer ``<name>.codes`` (uint8, out × in), ``<name>.scale`` and
+  ``<name>.zero`` (out × n_groups, float64) — exactly ``grid.scale``, ``grid.zero`` and the codes;
+- ``quantization_report.json``: the per-layer report (errors, samples, times).
+
+The folder is written under a temporary name and renamed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from qronos_linalg import UniformGrid
+
+from .actquant import InputTransform, install_input_transforms
+from .hadamard import RandomizedHadamard
+from .layerwise import set_layer_weight
+
+__all__ = ["FORMAT", "QUANTIZATION_JSON", "QUANTIZATION_TENSORS", "REPORT_JSON", "save_quantized",
+           "load_quantized", "input_transform_specs", "write_json_atomic"]
+
+FORMAT = "qronos_linalg.quantized_lm/1"
+QUANTIZATION_JSON = "quantization.json"
+QUANTIZATION_TENSORS = "quantization.safetensors"
+REPORT_JSON = "quantization_report.json"
+
+
+def input_transform_specs(model: nn.Module) -> dict[str, dict]:
+    """``{module name: InputTransform.spec()}`` for every module carrying an input transform."""
+    specs = {}
+    for name, module in model.named_modules():
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, InputTransform):
+                specs[name] = hook.spec()
+    return specs
+
+
+def write_json_atomic(path: Path, payload, *, overwrite: bool = False) -> None:
+    """Write JSON to a temporary sibling and rename it onto ``path``; refuses an existing file."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    temporary.write_text(json.dumps(payload, indent=2))
+    os.replace(temporary, path)
+
+
+def _strip_load_time_quantization(model: nn.Module) -> None:
+    """Drop the GGUF loader's quantization marker so that the folder loads as plain float weights."""
+    if hasattr(model, "hf_quantizer"):
+        model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def save_quantized(model: nn.Module, out_dir, report: dict, *, tokenizer=None, transforms: dict | None = None,
+                   base_model: str | None = None, overwrite: bool = False) -> Path:
+    """Write the folder described in the module docstring; returns its path."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"output folder {out_dir} already exists; pass overwrite=True (CLI: --overwrite)")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out_dir.with_name(f".{out_dir.name}.{uuid.uuid4().hex}.tmp")
+    specs = input_transform_specs(model)
+    results = report["results"]
+    state = dict(model.state_dict())  # shared (tied) tensors stay shared, so they are saved once
+    tensors, layers = {}, {}
+    for name, result in results.items():
+        spec = specs.get(name, {"online_hadamard": None, "act_bits": None})
+        weight_key = f"{name}.weight"
+        if spec["online_hadamard"] is not None:
+            rotation = RandomizedHadamard.from_spec(spec["online_hadamard"])
+            state[weight_key] = _unrotate_rows(result.weight, rotation).to(state[weight_key].dtype).reshape(
+                state[weight_key].shape)
+        tensors[f"{name}.codes"] = result.codes.to(torch.uint8).contiguous()
+        tensors[f"{name}.scale"] = torch.as_tensor(result.grid.scale, dtype=torch.float64).contiguous()
+        tensors[f"{name}.zero"] = torch.as_tensor(result.grid.zero, dtype=torch.float64).contiguous()
+        layers[name] = {
+            "shape": list(result.codes.shape),
+            "weight_shape": list(state[weight_key].shape),
+            "bits": result.grid.bits,
+            "group_size": result.grid.group_size,
+            "narrow_range": result.grid.narrow_range,
+            "algorithm": result.algorithm,
+            "damp": result.damp,
+            "input_transform": spec,
+            "saved_weight": "dequantized_times_rotation_transposed" if spec["online_hadamard"] else "dequantized",
+        }
+    record = {
+        "format": FORMAT,
+        "base_model": base_model,
+        "config": report.get("config"),
+        "x_mode": report.get("x_mode"),
+        "blocks": report.get("blocks"),
+        "calibration_windows": report.get("calibration_windows"),
+        "calibration_seq_len": report.get("calibration_seq_len"),
+        "transforms": transforms or {},
+        "input_transforms": specs,
+        "layers": layers,
+    }
+    try:
+        _strip_load_time_quantization(model)
+        model.save_pretrained(temporary, state_dict=state)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(temporary)
+        save_file(tensors, str(temporary / QUANTIZATION_TENSORS))
+        (temporary / QUANTIZATION_JSON).write_text(json.dumps(record, indent=2))
+        layer_reports = [dict(entry) for entry in report["layers"]]
+        summary = {key: value for key, value in report.items() if key not in ("layers", "results")}
+        (temporary / REPORT_JSON).write_text(json.dumps({**summary, "layers": layer_reports}, indent=2))
+        if out_dir.exists():
+            trash = out_dir.with_name(f".{out_dir.name}.{uuid.uuid4().hex}.old")
+            os.replace(out_dir, trash)
+            os.replace(temporary, out_dir)
+            shutil.rmtree(trash)
+        else:
+            os.replace(temporary, out_dir)
+    finally:
+        if temporary.exists():
+            shutil.rmtree(temporary)
+    return out_dir
+
+
+def _unrotate_rows(Q: torch.Tensor, rotation) -> torch.Tensor:
+    """``Q Rᵀ`` (each row q ↦ q Rᵀ = (R qᵀ)ᵀ), computed with the dense R in float64."""
+    return Q.to(torch.float64) @ rotation.matrix().T
+
+
+def load_quantized(folder, *, dtype=torch.float32):
+    """Load the folder: the HF model with the input transforms of quantization.json re-installed and,
+    for layers with an online rotation, the weight set back to the exact dequantized codes. Returns
+    ``(model, record)`` (``record`` is None for a plain HF folder)."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder {folder} does not exist")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+    record_path = folder / QUANTIZATION_JSON
+    if not record_path.exists():
+        return model, None
+    record = json.loads(record_path.read_text())
+    if record.get("format") != FORMAT:
+        raise ValueError(f"{record_path}: unknown format {record.get('format')!r} (expected {FORMAT!r})")
+    tensors = load_file(str(folder / QUANTIZATION_TENSORS))
+    modules = dict(model.named_modules())
+    for name, layer in record["layers"].items():
+        if layer["input_transform"]["online_hadamard"] is None:
+            continue
+        grid = UniformGrid(tensors[f"{name}.scale"], tensors[f"{name}.zero"], layer["bits"],
+                           group_size=layer["group_size"], narrow_range=layer["narrow_range"])
+        set_layer_weight(modules[name], grid.dequantize(tensors[f"{name}.codes"]))
+    install_input_transforms(model, record["input_transforms"])
+    return model, record

@@ -1,0 +1,220 @@
+"""Efficient rounding solvers from layer statistics: RTN, OPTQ, GPFQ, GPTAQ, Qronos.
+
+Notation (docs/conventions.md): W (out × in), H = X̃ᵀX̃, G = X̃ᵀX, objective ‖XWᵀ − X̃Qᵀ‖_F².
+Every solver works on the columns in processing order ``perm`` (identity, or act-order: decreasing
+diag(H)), rounds them with the frozen grid at their original positions, and returns the result
+un-permuted. The direct definitions they equal are in :mod:`qronos_linalg.naive`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .backend import FLOAT_DTYPES, backend_of, dtype_name
+from .grid import UniformGrid
+from .kernels import round_block
+from .linalg import damped_system, mark_dead_columns
+
+#: Columns per block in the blocked ("lazy batch") updates of the OPTQ family (GPTQ's default).
+DEFAULT_BLOCK_SIZE = 128
+#: Relative damping defaults: OPTQ/GPTAQ as in GPTQ; Qronos smaller, since its first step is an exact
+#: least-squares re-fit that damping biases (the authors use ~1e-6·λ_max(H) for weight-only runs).
+DEFAULT_DAMP = 0.01
+DEFAULT_QRONOS_DAMP = 1e-3
+#: GPTAQ's scaling of the asymmetric term (the reference implementation's empirical choice).
+DEFAULT_GPTAQ_ALPHA = 0.25
+
+
+@dataclass
+class QuantResult:
+    """Outcome of a solver.
+
+    ``weight``: dequantized Q (out × in), same array type, device and dtype as W.
+    ``codes``: integer codes (uint8, out × in) at original column positions; ``weight`` is exactly
+    ``grid.dequantize(codes)``. ``grid``: the frozen grid used. ``perm``: the column order used.
+    ``damp``: relative damping actually used (None where the solver has none), ``algorithm``: its name.
+    """
+
+    weight: object
+    codes: object
+    grid: UniformGrid
+    perm: object
+    algorithm: str
+    damp: float | None = None
+
+
+class _Problem:
+    """Validated inputs in the compute dtype, permuted into processing order."""
+
+    def __init__(self, W, H, G, grid, *, act_order=False, block_size=DEFAULT_BLOCK_SIZE, damp=0.0):
+        if len(getattr(W, "shape", ())) != 2:
+            raise ValueError(f"W must be 2-D (out_features, in_features), got shape {tuple(getattr(W, 'shape', ()))}")
+        xp = backend_of(W)
+        self.xp = xp
+        self.W_dtype = dtype_name(W)
+        self.dtype = self.W_dtype if self.W_dtype in FLOAT_DTYPES else "float32"
+        if not isinstance(grid, UniformGrid):
+            raise TypeError(f"grid must be a UniformGrid, got {type(grid).__name__}")
+        grid.check_fits(W)
+        if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
+            raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+        if not (isinstance(damp, (int, float)) and math.isfinite(damp) and damp >= 0):
+            raise ValueError(f"damp must be a finite number >= 0, got {damp!r}")
+        self.block_size = block_size
+        n = W.shape[1]
+        W = xp.cast(W, self.dtype)
+        if not xp.all_finite(W):
+            raise ValueError("W contains non-finite values (NaN or inf)")
+        H = None if H is None else self._matrix(H, "H", n, W)
+        G = None if G is None else self._matrix(G, "G", n, W)
+        scale, zero = grid.column_params(n, W, self.dtype)
+        self.grid = grid
+        if act_order:
+            p = self.perm = xp.argsort_descending(xp.diag(H))
+            W, scale, zero = W[:, p], scale[:, p], zero[:, p]
+            H = H[p][:, p]
+            G = None if G is None else G[p][:, p]
+        else:
+            self.perm = xp.arange(n, like=W)
+        self.W, self.H, self.G, self.scale, self.zero = W, H, G, scale, zero
+
+    def _matrix(self, M, name, n, like):
+        if len(getattr(M, "shape", ())) != 2 or tuple(M.shape) != (n, n):
+            raise ValueError(
+                f"{name} must have shape (in_features, in_features) = ({n}, {n}) to match W, "
+                f"got {tuple(getattr(M, 'shape', ()))}"
+            )
+        M = self.xp.asarray(M, self.dtype, like=like)
+        if not self.xp.all_finite(M):
+            raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+        return M
+
+    def round_blocked(self, V, U, *, offset=None, P=None, propagate_rounded=False):
+        """Blocked rounding of V (processing order): in-block kernel, then two products per block.
+
+        After block b: ``V[:, after] −= E_b U[b, after]`` (``+ Pre_b P[b, after]`` for GPTAQ).
+        """
+        xp = self.xp
+        out, n = V.shape
+        codes = xp.zeros((out, n), self.dtype, like=V)
+        for start in range(0, n, self.block_size):
+            stop = min(start + self.block_size, n)
+            block = xp.copy(V[:, start:stop])
+            codes_b, E, pre = round_block(
+                block, U[start:stop, start:stop], self.scale[:, start:stop], self.zero[:, start:stop],
+                self.grid.qmin, self.grid.qmax,
+                offset=None if offset is None else offset[:, start:stop],
+                P=None if P is None else P[start:stop, start:stop],
+                propagate_rounded=propagate_rounded,
+            )
+            codes[:, start:stop] = codes_b
+            if stop < n:
+                V[:, stop:] -= E @ U[start:stop, stop:]
+                if P is not None:
+                    V[:, stop:] += pre @ P[start:stop, stop:]
+        return codes
+
+    def result(self, codes_in_order, algorithm, damp=None) -> QuantResult:
+        xp = self.xp
+        codes = xp.to_codes(codes_in_order[:, xp.inverse_permutation(self.perm)])
+        weight = self.grid.dequantize(codes, self.dtype)
+        weight = xp.cast(weight, self.W_dtype)
+        return QuantResult(weight=weight, codes=codes, grid=self.grid, perm=self.perm, algorithm=algorithm, damp=damp)
+
+
+def rtn(W, grid: UniformGrid) -> QuantResult:
+    """Round to nearest: ``q = Q(w)``."""
+    p = _Problem(W, None, None, grid)
+    return p.result(p.xp.cast(grid.quantize(p.W), p.dtype), "rtn")
+
+
+def optq(W, H, grid: UniformGrid, *, damp: float = DEFAULT_DAMP, block_size: int = DEFAULT_BLOCK_SIZE,
+         act_order: bool = False) -> QuantResult:
+    """OPTQ/GPTQ: minimise ‖X̃(w − q)‖² column by column.
+
+    With ``H_λ⁻¹ = UᵀU`` (U upper): ``q_t = Q(v_t)``, ``e_t = (v_t − q_t)/U_tt``,
+    ``v_{>t} ← v_{>t} − e_t U_{t,>t}`` (proofs/cholesky_form.md, proofs/optq_ldlq.md).
+    """
+    p = _Problem(W, H, None, grid, act_order=act_order, block_size=block_size, damp=damp)
+    system = damped_system(p.H, None, damp, p.xp)
+    V = p.xp.copy(p.W)
+    V[:, system.dead] = 0
+    return p.result(p.round_blocked(V, system.U), "optq", system.damp)
+
+
+def qronos(W, H, G, grid: UniformGrid, *, damp: float = DEFAULT_QRONOS_DAMP,
+           block_size: int = DEFAULT_BLOCK_SIZE, act_order: bool = False) -> QuantResult:
+    """Qronos: correct the past, shape the future, minimising ‖Xw − X̃q‖².
+
+    Step 1: ``q_1 = Q((G_{1,:} w − H_{1,>1} w_{>1}) / H_11)``,
+    ``v_{>1} = H_{>1,>1}⁻¹ (G_{>1,:} w − H_{>1,1} q_1)``; steps t ≥ 2 are OPTQ on H with the trailing
+    block of the same factor U. Implemented as the OPTQ recursion with rounding offsets
+    ``o_1 = z_1/H_11``, ``o_t = U_tt (z_{>1} U[1:,1:]ᵀ)_t`` where ``z = (G − H) w``
+    (proofs/qronos_offset_form.md).
+    """
+    p = _Problem(W, H, G, grid, act_order=act_order, block_size=block_size, damp=damp)
+    xp = p.xp
+    system = damped_system(p.H, p.G, damp, xp)
+    V = xp.copy(p.W)
+    V[:, system.dead] = 0
+    U, D = system.U, system.G - system.H
+    # z = G_λ w − H_λ v, with v = w on live columns and 0 on dead ones (whose float part w_t X_t stays
+    # in the target): z = D v + G[:, dead] w_dead.  Offsets: o_1 = z_1 / H_11 and, for t ≥ 2,
+    # o_t = U_tt (z_{>1} U₁ᵀ)_t = U_tt (v (U₁ D_{>1,:})ᵀ + w_dead (U₁ G_{>1,dead})ᵀ)_t with U₁ = U[1:, 1:].
+    dead = system.dead
+    has_dead = bool(dead.any())
+    offset = xp.zeros(V.shape, p.dtype, like=V)
+    z_first = V @ D[0, :] + (p.W[:, dead] @ system.G[0, dead] if has_dead else 0)
+    offset[:, 0] = z_first / system.H[0, 0]
+    if V.shape[1] > 1:
+        U_trailing = U[1:, 1:]
+        trailing = V @ xp.upper_matmul(U_trailing, D[1:, :]).T
+        if has_dead:
+            trailing += p.W[:, dead] @ xp.upper_matmul(U_trailing, system.G[1:, dead]).T
+        offset[:, 1:] = trailing * xp.diag(U_trailing)[None, :]
+    return p.result(p.round_blocked(V, U, offset=offset), "qronos", system.damp)
+
+
+def gptaq(W, H, G, grid: UniformGrid, *, alpha: float = DEFAULT_GPTAQ_ALPHA, damp: float = DEFAULT_DAMP,
+          block_size: int = DEFAULT_BLOCK_SIZE, act_order: bool = False) -> QuantResult:
+    """GPTAQ (asymmetric calibration): OPTQ plus ``v_{>t} += v_t P_{t,>t}``.
+
+    ``P = α · triu((Gᵀ − H) Uᵀ, 1) · U`` with ``Gᵀ − H = (X − X̃)ᵀX̃`` and v_t the value *before*
+    rounding, both inside a block and across blocks, so the result does not depend on block_size
+    (proofs/gptaq.md derives it and where α departs from the exact least-squares update).
+    """
+    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha)):
+        raise ValueError(f"alpha must be a finite number, got {alpha!r}")
+    p = _Problem(W, H, G, grid, act_order=act_order, block_size=block_size, damp=damp)
+    xp = p.xp
+    system = damped_system(p.H, p.G, damp, xp)
+    V = xp.copy(p.W)
+    V[:, system.dead] = 0
+    U = system.U
+    asym = system.G.T - system.H
+    P = alpha * (xp.triu(asym @ U.T, 1) @ U)
+    return p.result(p.round_blocked(V, U, P=P), "gptaq", system.damp)
+
+
+def gpfq(W, H, G, grid: UniformGrid, *, act_order: bool = False) -> QuantResult:
+    """GPFQ from statistics: ``q_t = Q((Σ_{s≤t} G_{t,s} w_s − Σ_{s<t} H_{t,s} q_s) / H_tt)``.
+
+    Blocked: ``V = (W tril(G)ᵀ) / diag(H)`` and ``V_{>t} ← V_{>t} − q_t H_{t,>t} / diag(H)_{>t}``
+    (proofs/gpfq_statistics.md).
+    """
+    p = _Problem(W, H, G, grid, act_order=act_order)
+    xp = p.xp
+    H_live, G_live, _ = mark_dead_columns(p.H, p.G, xp)
+    diag = xp.diag(H_live)
+    V = (p.W @ xp.tril(G_live).T) / diag[None, :]
+    H_scaled = H_live / diag[None, :]
+    return p.result(p.round_blocked(V, H_scaled, propagate_rounded=True), "gpfq")
+
+
+def output_error(W, Q, H, G, H_float) -> float:
+    """``‖XWᵀ − X̃Qᵀ‖_F² = tr(W H_float Wᵀ) − 2 tr(Q G Wᵀ) + tr(Q H Qᵀ)`` from statistics."""
+    xp = backend_of(W)
+    W, Q, H, G, H_float = (xp.asarray(M, "float64", like=W) for M in (W, Q, H, G, H_float))
+    total = ((W @ H_float) * W).sum() - 2 * ((Q @ G) * W).sum() + ((Q @ H) * Q).sum()
+    return max(xp.to_scalar(total), 0.0)

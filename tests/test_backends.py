@@ -1,0 +1,65 @@
+"""The array type picks the backend; NumPy float64 and torch float64 give the same codes."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qronos_linalg import UniformGrid, gpfq, gptaq, optq, qronos, rtn
+from solver_problems import make_problem, problem_options
+
+SOLVERS = {
+    "rtn": lambda p, W, H, G, grid, **kw: rtn(W, grid),
+    "optq": lambda p, W, H, G, grid, **kw: optq(W, H, grid, **kw),
+    "qronos": lambda p, W, H, G, grid, **kw: qronos(W, H, G, grid, **kw),
+    "gptaq": lambda p, W, H, G, grid, **kw: gptaq(W, H, G, grid, **kw),
+    "gpfq": lambda p, W, H, G, grid, **kw: gpfq(W, H, G, grid, act_order=kw.get("act_order", False)),
+}
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(problem_options, st.booleans(), st.integers(1, 8))
+def test_numpy_and_torch_float64_give_the_same_codes(opts, act_order, block_size):
+    p = make_problem(**opts, noise=0.4)
+    tensors = [torch.from_numpy(M.copy()) for M in (p.W, p.H, p.G)]
+    torch_grid = UniformGrid(torch.from_numpy(p.grid.scale.copy()), torch.from_numpy(p.grid.zero.copy()),
+                             p.grid.bits, group_size=p.grid.group_size)
+    for name, solve in SOLVERS.items():
+        kw = {} if name == "rtn" else dict(act_order=act_order)
+        if name in ("optq", "qronos", "gptaq"):
+            kw["block_size"] = block_size
+        on_numpy = solve(p, p.W, p.H, p.G, p.grid, **kw)
+        on_torch = solve(p, *tensors, torch_grid, **kw)
+        assert isinstance(on_torch.weight, torch.Tensor) and isinstance(on_torch.codes, torch.Tensor)
+        np.testing.assert_array_equal(on_torch.codes.numpy(), on_numpy.codes, err_msg=name)
+        np.testing.assert_allclose(on_torch.weight.numpy(), on_numpy.weight, rtol=0, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("name", list(SOLVERS))
+def test_result_follows_the_weight_dtype_and_equals_its_grid_dequantization(name):
+    p = make_problem(5, out=6, n=40, bits=4, group_size=8)
+    W32, H32, G32 = (M.astype(np.float32) for M in (p.W, p.H, p.G))
+    grid32 = UniformGrid.fit(W32, 4, group_size=8)
+    result = SOLVERS[name](p, W32, H32, G32, grid32)
+    assert result.weight.dtype == np.float32 and result.codes.dtype == np.uint8
+    np.testing.assert_array_equal(result.weight, result.grid.dequantize(result.codes))
+    assert result.grid is grid32
+    # float32 and float64 runs of a well-conditioned problem agree on nearly every code
+    result64 = SOLVERS[name](p, p.W, p.H, p.G, UniformGrid(grid32.scale.astype(np.float64),
+                                                           grid32.zero.astype(np.float64), 4, group_size=8))
+    assert np.mean(result.codes == result64.codes) > 0.97
+
+
+def test_torch_half_precision_weights_are_solved_in_float32_and_returned_in_half():
+    p = make_problem(6, out=4, n=16)
+    W = torch.from_numpy(p.W).to(torch.bfloat16)
+    grid = UniformGrid.fit(W.float(), 4)
+    result = qronos(W, torch.from_numpy(p.H), torch.from_numpy(p.G), grid)
+    assert result.weight.dtype == torch.bfloat16
+    assert torch.equal(result.codes, grid.quantize(result.grid.dequantize(result.codes)))
+
+
+def test_unsupported_array_type_is_rejected():
+    with pytest.raises(TypeError, match="numpy.ndarray or torch.Tensor"):
+        UniformGrid.fit([[1.0, 2.0]], 4)

@@ -1,0 +1,71 @@
+"""CLI subcommands quantize-lm and eval-ppl on a tiny Llama folder with a byte-level tokenizer."""
+
+import argparse
+import json
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from _torch_tiny import byte_tokenizer, tiny_llama  # noqa: E402
+
+from qronos_linalg.adapters.torch.cli import register  # noqa: E402
+from qronos_linalg.adapters.torch.save import QUANTIZATION_JSON, REPORT_JSON  # noqa: E402
+
+SEQ_LEN = 32
+PARAGRAPH = "The quick brown fox jumps over the lazy dog while numbers {} and {} are counted."
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(prog="qronos")
+    register(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny") / "llama"
+    tiny_llama().save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "corpus.txt"
+    path.write_text("\n\n".join(PARAGRAPH.format(i, i * i) for i in range(40)))
+    return path
+
+
+def test_quantize_then_evaluate(tmp_path, model_folder, text_file, capsys):
+    out = tmp_path / "q"
+    args = _parse(["quantize-lm", str(model_folder), "--algo", "qronos", "--bits", "3", "--group-size", "16",
+                   "--act-bits", "8", "--hadamard", "--text-file", str(text_file), "--seq-len", str(SEQ_LEN),
+                   "--windows", "4", "-o", str(out), "--quiet"])
+    assert args.func(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["layers"] == 14
+    report = json.loads((out / REPORT_JSON).read_text())
+    assert {"name", "shape", "algorithm", "samples", "damp", "rel_error_rtn", "rel_error", "time_s"} <= set(report["layers"][0])
+    assert json.loads((out / QUANTIZATION_JSON).read_text())["transforms"]["hadamard"]["seed"] == 0
+    args = _parse(["eval-ppl", str(out), "--text-file", str(text_file), "--seq-len", str(SEQ_LEN), "--windows", "2",
+                   "--quiet", "--json", str(tmp_path / "ppl.json")])
+    assert args.func(args) == 0
+    result = json.loads((tmp_path / "ppl.json").read_text())
+    assert 1 < result["perplexity"] < float("inf") and result["windows"] == 2
+
+
+def test_existing_output_is_refused_without_overwrite(tmp_path, model_folder, text_file, capsys):
+    (tmp_path / "q").mkdir()
+    args = _parse(["quantize-lm", str(model_folder), "--text-file", str(text_file), "--seq-len", str(SEQ_LEN),
+                   "--windows", "1", "-o", str(tmp_path / "q"), "--quiet"])
+    assert args.func(args) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_calibration_shorter_than_one_window_is_an_error(tmp_path, model_folder, text_file):
+    args = _parse(["quantize-lm", str(model_folder), "--text-file", str(text_file), "--seq-len", "100000",
+                   "--windows", "1", "-o", str(tmp_path / "q"), "--quiet"])
+    with pytest.raises(ValueError, match="shorter than one window"):
+        args.func(args)
+    assert not (tmp_path / "q").exists()

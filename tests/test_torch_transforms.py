@@ -1,0 +1,105 @@
+"""Function-preserving transforms (Hadamard rotation, SmoothQuant), MagR, activation quantization."""
+
+import copy
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+pytest.importorskip("transformers")
+
+from _torch_tiny import tiny_llama, token_batch  # noqa: E402
+
+from qronos_linalg.adapters.torch.actquant import fake_quantize_per_token  # noqa: E402
+from qronos_linalg.adapters.torch.magr import magr, magr_objective, project_rows_onto_l1_ball  # noqa: E402
+from qronos_linalg.adapters.torch.rotation import rotate_llama  # noqa: E402
+from qronos_linalg.adapters.torch.smoothquant import smooth_llama  # noqa: E402
+
+
+# Llama's RMSNorm and rotary embedding compute in float32 even in a float64 model, so "float precision"
+# here is float32's: a wrong rotation changes logits by O(1).
+FLOAT32_TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_rotated_model_computes_the_same_function(tie):
+    model = tiny_llama(tie=tie).double()
+    ids = token_batch(2, 24)
+    reference = _logits(model, ids)
+    rotated = copy.deepcopy(model)
+    spec = rotate_llama(rotated, seed=5)
+    torch.testing.assert_close(_logits(rotated, ids), reference, **FLOAT32_TOLERANCE)
+    # the rotation really changed the weights and made every norm weight 1
+    assert not torch.allclose(rotated.model.layers[0].self_attn.q_proj.weight, model.model.layers[0].self_attn.q_proj.weight)
+    assert all(bool((p == 1).all()) for n, p in rotated.named_parameters() if "norm" in n)
+    assert spec["residual"]["size"] == 48 and spec["down_proj_input"]["size"] == 80
+
+
+def test_rotation_rejects_non_llama_models():
+    with pytest.raises(ValueError, match="Llama-style"):
+        rotate_llama(torch.nn.Sequential(torch.nn.Linear(4, 4)))
+
+
+def test_smoothquant_preserves_function_and_flattens_activation_maxima():
+    model = tiny_llama().double()
+    ids = token_batch(2, 24)
+    reference = _logits(model, ids)
+    smoothed = copy.deepcopy(model)
+    smooth_llama(smoothed, ids, alpha=0.5)
+    torch.testing.assert_close(_logits(smoothed, ids), reference, **FLOAT32_TOLERANCE)
+    captured = {}
+    for name, m in (("before", model), ("after", smoothed)):
+        handle = m.model.layers[0].input_layernorm.register_forward_hook(
+            lambda mod, a, out, name=name: captured.__setitem__(name, out.abs().amax(dim=(0, 1))))
+        _logits(m, ids)
+        handle.remove()
+    spread = {k: float(v.max() / v.min()) for k, v in captured.items()}
+    assert spread["after"] < spread["before"]
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), alpha=st.floats(1e-3, 0.2))
+def test_magr_lowers_objective_and_infinity_norm(seed, alpha):
+    generator = torch.Generator().manual_seed(seed)
+    X = torch.randn(60, 12, dtype=torch.float64, generator=generator)
+    W = torch.randn(5, 12, dtype=torch.float64, generator=generator)
+    H = X.T @ X
+    V = magr(W, H, alpha, steps=50)
+    assert bool((magr_objective(V, W, H, alpha) <= magr_objective(W, W, H, alpha) + 1e-9).all())
+    assert bool((V.abs().amax(dim=1) <= W.abs().amax(dim=1) + 1e-9).all())
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), scale=st.floats(0.01, 3.0))
+def test_l1_projection_is_feasible_and_closest_among_perturbations(seed, scale):
+    generator = torch.Generator().manual_seed(seed)
+    U = scale * torch.randn(3, 7, dtype=torch.float64, generator=generator)
+    P = project_rows_onto_l1_ball(U)
+    assert bool((P.abs().sum(dim=1) <= 1 + 1e-9).all())
+    for _ in range(5):
+        candidate = P + 0.05 * torch.randn(P.shape, dtype=torch.float64, generator=generator)
+        candidate = candidate / torch.clamp(candidate.abs().sum(dim=1, keepdim=True), min=1)
+        assert bool((((U - P) ** 2).sum(1) <= ((U - candidate) ** 2).sum(1) + 1e-12).all())
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), bits=st.sampled_from([2, 4, 8]))
+def test_per_token_activation_quantization_properties(seed, bits):
+    x = torch.randn(4, 6, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    x[0, 0] = 0
+    q = fake_quantize_per_token(x, bits)
+    torch.testing.assert_close(fake_quantize_per_token(q, bits), q, atol=1e-12, rtol=0)  # idempotent
+    step = (x.amax(-1, keepdim=True).clamp(min=0) - x.amin(-1, keepdim=True).clamp(max=0)) / (2**bits - 1)
+    assert bool(((q - x).abs() <= step / 2 + 1e-12).all())
+    assert bool((q[0, 0] == 0).all())
+    assert all(len(torch.unique(row)) <= 2**bits for row in q.reshape(-1, 16))
+
+
+def test_activation_bits_out_of_range_are_rejected():
+    with pytest.raises(ValueError, match="activation bits"):
+        fake_quantize_per_token(torch.zeros(2, 3), 16)
