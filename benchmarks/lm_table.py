@@ -93,7 +93,7 @@ def write_table(results: list[dict], args, command: str) -> None:
         f"evaluation articles (gensim Wikipedia sample; article i is calibration iff i % 4 == 0).",
         f"- X from `x_mode={args.x_mode}` (float: the true float model; block: the float block on the "
         "quantized stream); X̃ from the partially quantized model; grids "
-        "asymmetric min-max fitted before rounding; solver default damping (OPTQ/GPTAQ 0.01, Qronos 1e-3).",
+        "asymmetric min-max fitted before rounding; solver default damping (OPTQ/GPTAQ/Qronos 0.01).",
         "- Weight-only rows quantize no activations. Times on "
         f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads; peak memory = peak RSS of the row's process.",

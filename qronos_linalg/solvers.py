@@ -18,10 +18,10 @@ from .linalg import damped_system, mark_dead_columns
 
 #: Columns per block in the blocked ("lazy batch") updates of the OPTQ family (GPTQ's default).
 DEFAULT_BLOCK_SIZE = 128
-#: Relative damping defaults: OPTQ/GPTAQ as in GPTQ; Qronos smaller, since its first step is an exact
-#: least-squares re-fit that damping biases (the authors use ~1e-6·λ_max(H) for weight-only runs).
+#: Relative damping default of OPTQ, GPTAQ and Qronos (GPTQ's). Qronos' first step is a least-squares
+#: re-fit of every later column to X·w; with few calibration samples per input feature it over-fits the
+#: X − X̃ noise, and damping is its regulariser (docs/algorithms/qronos.md has the measurements).
 DEFAULT_DAMP = 0.01
-DEFAULT_QRONOS_DAMP = 1e-3
 #: GPTAQ's scaling of the asymmetric term (the reference implementation's empirical choice).
 DEFAULT_GPTAQ_ALPHA = 0.25
 
@@ -143,7 +143,7 @@ def optq(W, H, grid: UniformGrid, *, damp: float = DEFAULT_DAMP, block_size: int
     return p.result(p.round_blocked(V, system.U), "optq", system.damp)
 
 
-def qronos(W, H, G, grid: UniformGrid, *, damp: float = DEFAULT_QRONOS_DAMP,
+def qronos(W, H, G, grid: UniformGrid, *, damp: float = DEFAULT_DAMP,
            block_size: int = DEFAULT_BLOCK_SIZE, act_order: bool = False) -> QuantResult:
     """Qronos: correct the past, shape the future, minimising ‖Xw − X̃q‖².
 

@@ -6,13 +6,15 @@ import dataclasses
 import json
 import pathlib
 
+from qronos_linalg.solvers import DEFAULT_DAMP as SOLVER_DAMP
+
 from .errors import ConfigError
 
 ALGORITHMS = ("rtn", "optq", "gpfq", "gptaq", "qronos")
 FORMATS = ("qdq", "matmulnbits")
 SEARCHES = ("minmax", "mse")
-# Relative damping per algorithm when none is given (the solvers' own defaults).
-DEFAULT_DAMP = {"rtn": 0.0, "optq": 0.01, "gpfq": 0.0, "gptaq": 0.01, "qronos": 1e-3}
+# Relative damping per algorithm when none is given (the solvers' own defaults; RTN and GPFQ have none).
+DEFAULT_DAMP = {"rtn": 0.0, "optq": SOLVER_DAMP, "gpfq": 0.0, "gptaq": SOLVER_DAMP, "qronos": SOLVER_DAMP}
 MAX_BITS = 8
 
 
