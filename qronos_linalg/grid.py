@@ -117,7 +117,7 @@ class UniformGrid:
         groups = self.column_group(in_features, xp, like)
         scale = xp.asarray(self._scale, dtype, like=like)
         zero = xp.asarray(self._zero, dtype, like=like)
-        return scale[:, groups], zero[:, groups]
+        return xp.take_columns(scale, groups), xp.take_columns(zero, groups)
 
     def quantize(self, W):
         """Codes (uint8, out × in) of W: ``clip(round_half_even(W / scale) + zero, qmin, qmax)``."""

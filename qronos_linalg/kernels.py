@@ -8,9 +8,11 @@ For columns i = 0..B−1 of the block, on every row (rows are independent):
              = (V_i − q_i) / U_ii  otherwise              (OPTQ family)
     V_{>i}  ← V_{>i} − e_i U_{i,>i} + V_i P_{i,>i}        (P: GPTAQ only; V_i taken before rounding)
 
-It returns the codes, the propagated quantities E and the pre-rounding values, which the caller
-applies to the columns after the block with two matrix products. NumPy arrays go to a Numba kernel
-(parallel over rows); torch tensors run the same loop vectorised over rows on their device.
+It writes the codes, the propagated quantities E and the pre-rounding values into the caller's arrays;
+the caller applies them to later blocks with matrix products. NumPy arrays go to a Numba kernel that
+works on chunks of rows in parallel, each chunk transposed into a small buffer (B × ROW_CHUNK) so that
+both the rounding and the rank-1 updates run over contiguous rows (SIMD). torch tensors run the same
+loop vectorised over rows on their device.
 """
 
 from __future__ import annotations
@@ -18,53 +20,81 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+#: Rows per parallel task of the Numba kernel; a chunk's transposed block (B × ROW_CHUNK) stays in cache.
+ROW_CHUNK = 256
 
-@numba.njit(cache=True, parallel=True, fastmath=False)
+
+@numba.njit(cache=True, parallel=True)
 def _round_block_numba(V, U, scale, zero, qmin, qmax, offset, P, use_offset, use_P, propagate_rounded,
                        codes, E, pre):
     out, width = V.shape
-    for r in numba.prange(out):
+    for chunk in numba.prange((out + ROW_CHUNK - 1) // ROW_CHUNK):
+        lo = chunk * ROW_CHUNK
+        rows = min(out, lo + ROW_CHUNK) - lo
+        # Transposed copies of this chunk: Vt[i, r] = V[lo + r, i], and so on.
+        Vt = np.empty((width, rows), V.dtype)
+        offset_t = np.empty((width, rows), V.dtype)
+        st = np.empty((width, rows), V.dtype)
+        zt = np.empty((width, rows), V.dtype)
+        for r in range(rows):
+            for i in range(width):
+                Vt[i, r] = V[lo + r, i]
+                offset_t[i, r] = offset[lo + r, i] if use_offset else 0
+                st[i, r] = scale[lo + r, i]
+                zt[i, r] = zero[lo + r, i]
+        e = np.empty(rows, V.dtype)
+        before = np.empty(rows, V.dtype)
+        codes_t = np.empty((width, rows), V.dtype)
+        E_t = np.empty((width, rows), V.dtype)
+        pre_t = np.empty((width, rows), V.dtype)
         for i in range(width):
-            v = V[r, i]
-            target = v + offset[r, i] if use_offset else v
-            code = np.rint(target / scale[r, i]) + zero[r, i]
-            code = min(max(code, qmin), qmax)
-            q = (code - zero[r, i]) * scale[r, i]
-            e = q if propagate_rounded else (v - q) / U[i, i]
-            codes[r, i] = code
-            E[r, i] = e
-            pre[r, i] = v
+            for r in range(rows):
+                v = Vt[i, r]
+                code = min(max(np.rint((v + offset_t[i, r]) / st[i, r]) + zt[i, r], qmin), qmax)
+                q = (code - zt[i, r]) * st[i, r]
+                e[r] = q if propagate_rounded else (v - q) / U[i, i]
+                before[r] = v
+                codes_t[i, r] = code
+                E_t[i, r] = e[r]
+                pre_t[i, r] = v
             for j in range(i + 1, width):
-                V[r, j] -= e * U[i, j]
-            if use_P:
-                for j in range(i + 1, width):
-                    V[r, j] += v * P[i, j]
+                row = Vt[j]
+                u = U[i, j]
+                for r in range(rows):
+                    row[r] -= e[r] * u
+                if use_P:
+                    p = P[i, j]
+                    for r in range(rows):
+                        row[r] += before[r] * p
+        for r in range(rows):
+            for i in range(width):
+                codes[lo + r, i] = codes_t[i, r]
+                E[lo + r, i] = E_t[i, r]
+                if use_P:
+                    pre[lo + r, i] = pre_t[i, r]
 
 
-def round_block(V, U, scale, zero, qmin: int, qmax: int, *, offset=None, P=None, propagate_rounded=False):
-    """Round one block in place (see module docstring). Returns (codes, E, pre), all out × B floats."""
+def round_block(V, U, scale, zero, qmin: int, qmax: int, codes, E, *, pre=None, offset=None, P=None,
+                propagate_rounded=False):
+    """Round one block (see module docstring): V is updated in place; codes, E and (with P) the
+    pre-rounding values are written into ``codes``, ``E``, ``pre`` (all out × B, may be views)."""
     if isinstance(V, np.ndarray):
         dtype = V.dtype
-        codes = np.empty_like(V)
-        E = np.empty_like(V)
-        pre = np.empty_like(V)
         dummy = np.zeros((1, 1), dtype=dtype)
         _round_block_numba(
             V, U, scale, zero, dtype.type(qmin), dtype.type(qmax),
             dummy if offset is None else offset,
             dummy if P is None else P,
-            offset is not None, P is not None, propagate_rounded, codes, E, pre,
+            offset is not None, P is not None, propagate_rounded, codes, E,
+            dummy if pre is None else pre,
         )
-        return codes, E, pre
-    return _round_block_torch(V, U, scale, zero, qmin, qmax, offset, P, propagate_rounded)
+        return
+    _round_block_torch(V, U, scale, zero, qmin, qmax, codes, E, pre, offset, P, propagate_rounded)
 
 
-def _round_block_torch(V, U, scale, zero, qmin, qmax, offset, P, propagate_rounded):
+def _round_block_torch(V, U, scale, zero, qmin, qmax, codes, E, pre, offset, P, propagate_rounded):
     import torch
 
-    codes = torch.empty_like(V)
-    E = torch.empty_like(V)
-    pre = torch.empty_like(V)
     for i in range(V.shape[1]):
         v = V[:, i].clone()
         target = v if offset is None else v + offset[:, i]
@@ -73,8 +103,8 @@ def _round_block_torch(V, U, scale, zero, qmin, qmax, offset, P, propagate_round
         e = q if propagate_rounded else (v - q) / U[i, i]
         codes[:, i] = code
         E[:, i] = e
-        pre[:, i] = v
+        if pre is not None:
+            pre[:, i] = v
         V[:, i + 1 :] -= e[:, None] * U[i, i + 1 :][None, :]
         if P is not None:
             V[:, i + 1 :] += v[:, None] * P[i, i + 1 :][None, :]
-    return codes, E, pre

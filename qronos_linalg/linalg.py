@@ -75,14 +75,13 @@ def damped_system(H, G, damp: float, xp) -> DampedSystem:
     :class:`NotPositiveDefiniteError`.
     """
     mean_diag = xp.to_scalar(xp.diag(H).mean())
-    H_live, G_live, dead = mark_dead_columns(H, G, xp)
-    live = ~dead
-    n_live_idx = xp.arange(H.shape[0], like=H)[live]
+    H_d, G_live, dead = mark_dead_columns(H, G, xp)
+    live = xp.arange(H.shape[0], like=H)[~dead]
+    live_diag = H_d[live, live]
     tried = damp
     while True:
         lam = tried * mean_diag
-        H_d = xp.copy(H_live)
-        H_d[n_live_idx, n_live_idx] += lam
+        H_d[live, live] = live_diag + lam
         U, ok = upper_cholesky_of_inverse(H_d, xp)
         if ok:
             break
@@ -101,8 +100,7 @@ def damped_system(H, G, damp: float, xp) -> DampedSystem:
             DampingEscalationWarning,
             stacklevel=3,
         )
-    G_d = None
-    if G_live is not None:
-        G_d = G_live
-        G_d[n_live_idx, n_live_idx] += lam
+    G_d = G_live
+    if G_d is not None:
+        G_d[live, live] += lam
     return DampedSystem(H=H_d, G=G_d, U=U, dead=dead, damp=tried, lam=lam)

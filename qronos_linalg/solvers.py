@@ -68,16 +68,21 @@ class _Problem:
             raise ValueError("W contains non-finite values (NaN or inf)")
         H = None if H is None else self._matrix(H, "H", n, W)
         G = None if G is None else self._matrix(G, "G", n, W)
-        scale, zero = grid.column_params(n, W, self.dtype)
         self.grid = grid
+        self.act_order = bool(act_order)
+        groups = grid.column_group(n, xp, W)
         if act_order:
             p = self.perm = xp.argsort_descending(xp.diag(H))
-            W, scale, zero = W[:, p], scale[:, p], zero[:, p]
+            W, groups = W[:, p], groups[p]
             H = H[p][:, p]
             G = None if G is None else G[p][:, p]
         else:
             self.perm = xp.arange(n, like=W)
-        self.W, self.H, self.G, self.scale, self.zero = W, H, G, scale, zero
+        self.W, self.H, self.G = W, H, G
+        # Grid of each column in processing order, gathered per block (no out × in expansion).
+        self.groups = groups
+        self.group_scale = xp.asarray(grid.scale, self.dtype, like=W)
+        self.group_zero = xp.asarray(grid.zero, self.dtype, like=W)
 
     def _matrix(self, M, name, n, like):
         if len(getattr(M, "shape", ())) != 2 or tuple(M.shape) != (n, n):
@@ -90,43 +95,54 @@ class _Problem:
             raise ValueError(f"{name} contains non-finite values (NaN or inf)")
         return M
 
-    def round_blocked(self, V, U, *, offset=None, P=None, propagate_rounded=False):
-        """Blocked rounding of V (processing order): in-block kernel, then two products per block.
+    def round_blocked(self, U, *, dead=None, start_lower=None, offset=None, P=None, propagate_rounded=False):
+        """Blocked ("lazy") rounding of W's columns in processing order; returns the codes (uint8).
 
-        After block b: ``V[:, after] −= E_b U[b, after]`` (``+ Pre_b P[b, after]`` for GPTAQ).
+        Left-looking: block b = [a, c) starts from ``V_b = S_b − E_{<b} U_{<b,b} (+ Pre_{<b} P_{<b,b})``
+        (one product gathers the updates of all earlier blocks), where ``S = W Mᵀ`` with M =
+        ``start_lower`` (lower triangular, GPFQ), or ``S = W`` with the ``dead`` columns zeroed. The
+        kernel rounds ``V_b + offset_b`` (Qronos) and records E (and Pre for GPTAQ).
         """
-        xp = self.xp
-        out, n = V.shape
-        codes = xp.zeros((out, n), self.dtype, like=V)
-        for start in range(0, n, self.block_size):
-            stop = min(start + self.block_size, n)
-            block = xp.copy(V[:, start:stop])
-            codes_b, E, pre = round_block(
-                block, U[start:stop, start:stop], self.scale[:, start:stop], self.zero[:, start:stop],
-                self.grid.qmin, self.grid.qmax,
-                offset=None if offset is None else offset[:, start:stop],
-                P=None if P is None else P[start:stop, start:stop],
+        xp, W = self.xp, self.W
+        out, n = W.shape
+        codes = xp.zeros((out, n), "uint8", like=W)
+        E = xp.zeros((out, n), self.dtype, like=W)
+        pre = None if P is None else xp.zeros((out, n), self.dtype, like=W)
+        for a in range(0, n, self.block_size):
+            c = min(a + self.block_size, n)
+            if start_lower is None:
+                V = xp.copy(W[:, a:c])
+                V[:, dead[a:c]] = 0
+            else:
+                V = W[:, :c] @ start_lower[a:c, :c].T
+            if a > 0:
+                V -= E[:, :a] @ U[:a, a:c]
+                if P is not None:
+                    V += pre[:, :a] @ P[:a, a:c]
+            cols = self.groups[a:c]
+            round_block(
+                V, U[a:c, a:c], xp.take_columns(self.group_scale, cols), xp.take_columns(self.group_zero, cols),
+                self.grid.qmin, self.grid.qmax, codes[:, a:c], E[:, a:c],
+                pre=None if P is None else pre[:, a:c],
+                offset=None if offset is None else offset[:, a:c],
+                P=None if P is None else P[a:c, a:c],
                 propagate_rounded=propagate_rounded,
             )
-            codes[:, start:stop] = codes_b
-            if stop < n:
-                V[:, stop:] -= E @ U[start:stop, stop:]
-                if P is not None:
-                    V[:, stop:] += pre @ P[start:stop, stop:]
         return codes
 
-    def result(self, codes_in_order, algorithm, damp=None) -> QuantResult:
+    def result(self, codes, algorithm, damp=None) -> QuantResult:
+        """Un-permute the codes (uint8, processing order) and dequantize them with the frozen grid."""
         xp = self.xp
-        codes = xp.to_codes(codes_in_order[:, xp.inverse_permutation(self.perm)])
-        weight = self.grid.dequantize(codes, self.dtype)
-        weight = xp.cast(weight, self.W_dtype)
+        if self.act_order:
+            codes = codes[:, xp.inverse_permutation(self.perm)]
+        weight = xp.cast(self.grid.dequantize(codes, self.dtype), self.W_dtype)
         return QuantResult(weight=weight, codes=codes, grid=self.grid, perm=self.perm, algorithm=algorithm, damp=damp)
 
 
 def rtn(W, grid: UniformGrid) -> QuantResult:
     """Round to nearest: ``q = Q(w)``."""
     p = _Problem(W, None, None, grid)
-    return p.result(p.xp.cast(grid.quantize(p.W), p.dtype), "rtn")
+    return p.result(grid.quantize(p.W), "rtn")
 
 
 def optq(W, H, grid: UniformGrid, *, damp: float = DEFAULT_DAMP, block_size: int = DEFAULT_BLOCK_SIZE,
@@ -138,9 +154,7 @@ def optq(W, H, grid: UniformGrid, *, damp: float = DEFAULT_DAMP, block_size: int
     """
     p = _Problem(W, H, None, grid, act_order=act_order, block_size=block_size, damp=damp)
     system = damped_system(p.H, None, damp, p.xp)
-    V = p.xp.copy(p.W)
-    V[:, system.dead] = 0
-    return p.result(p.round_blocked(V, system.U), "optq", system.damp)
+    return p.result(p.round_blocked(system.U, dead=system.dead), "optq", system.damp)
 
 
 def qronos(W, H, G, grid: UniformGrid, *, damp: float = DEFAULT_DAMP,
@@ -156,24 +170,18 @@ def qronos(W, H, G, grid: UniformGrid, *, damp: float = DEFAULT_DAMP,
     p = _Problem(W, H, G, grid, act_order=act_order, block_size=block_size, damp=damp)
     xp = p.xp
     system = damped_system(p.H, p.G, damp, xp)
-    V = xp.copy(p.W)
-    V[:, system.dead] = 0
-    U, D = system.U, system.G - system.H
-    # z = G_λ w − H_λ v, with v = w on live columns and 0 on dead ones (whose float part w_t X_t stays
-    # in the target): z = D v + G[:, dead] w_dead.  Offsets: o_1 = z_1 / H_11 and, for t ≥ 2,
-    # o_t = U_tt (z_{>1} U₁ᵀ)_t = U_tt (v (U₁ D_{>1,:})ᵀ + w_dead (U₁ G_{>1,dead})ᵀ)_t with U₁ = U[1:, 1:].
-    dead = system.dead
-    has_dead = bool(dead.any())
-    offset = xp.zeros(V.shape, p.dtype, like=V)
-    z_first = V @ D[0, :] + (p.W[:, dead] @ system.G[0, dead] if has_dead else 0)
-    offset[:, 0] = z_first / system.H[0, 0]
-    if V.shape[1] > 1:
+    H_d, U, n = system.H, system.U, p.W.shape[1]
+    # z = (G_λ − H_λ) w on live columns (W keeps its dead columns: D[t, dead] = G[t, dead] there, the
+    # float part w_dead X_dead of the target); offsets o = W Aᵀ with A_1 = D_1 / H_11 and, for t ≥ 2,
+    # A_t = U_tt (U₁ D_{>1,:})_t, U₁ = U[1:, 1:]; dead columns get no offset (they round 0).
+    D = system.G - H_d
+    A = xp.zeros((n, n), p.dtype, like=D)
+    A[0] = D[0] / H_d[0, 0]
+    if n > 1:
         U_trailing = U[1:, 1:]
-        trailing = V @ xp.upper_matmul(U_trailing, D[1:, :]).T
-        if has_dead:
-            trailing += p.W[:, dead] @ xp.upper_matmul(U_trailing, system.G[1:, dead]).T
-        offset[:, 1:] = trailing * xp.diag(U_trailing)[None, :]
-    return p.result(p.round_blocked(V, U, offset=offset), "qronos", system.damp)
+        A[1:] = xp.diag(U_trailing)[:, None] * xp.upper_matmul(U_trailing, D[1:])
+    A[system.dead] = 0
+    return p.result(p.round_blocked(U, dead=system.dead, offset=p.W @ A.T), "qronos", system.damp)
 
 
 def gptaq(W, H, G, grid: UniformGrid, *, alpha: float = DEFAULT_GPTAQ_ALPHA, damp: float = DEFAULT_DAMP,
@@ -189,12 +197,10 @@ def gptaq(W, H, G, grid: UniformGrid, *, alpha: float = DEFAULT_GPTAQ_ALPHA, dam
     p = _Problem(W, H, G, grid, act_order=act_order, block_size=block_size, damp=damp)
     xp = p.xp
     system = damped_system(p.H, p.G, damp, xp)
-    V = xp.copy(p.W)
-    V[:, system.dead] = 0
     U = system.U
     asym = system.G.T - system.H
     P = alpha * (xp.triu(asym @ U.T, 1) @ U)
-    return p.result(p.round_blocked(V, U, P=P), "gptaq", system.damp)
+    return p.result(p.round_blocked(U, dead=system.dead, P=P), "gptaq", system.damp)
 
 
 def gpfq(W, H, G, grid: UniformGrid, *, act_order: bool = False) -> QuantResult:
@@ -207,9 +213,9 @@ def gpfq(W, H, G, grid: UniformGrid, *, act_order: bool = False) -> QuantResult:
     xp = p.xp
     H_live, G_live, _ = mark_dead_columns(p.H, p.G, xp)
     diag = xp.diag(H_live)
-    V = (p.W @ xp.tril(G_live).T) / diag[None, :]
     H_scaled = H_live / diag[None, :]
-    return p.result(p.round_blocked(V, H_scaled, propagate_rounded=True), "gpfq")
+    start = xp.tril(G_live) / diag[:, None]
+    return p.result(p.round_blocked(H_scaled, start_lower=start, propagate_rounded=True), "gpfq")
 
 
 def output_error(W, Q, H, G, H_float) -> float:
