@@ -11,8 +11,9 @@ For columns i = 0..B−1 of the block, on every row (rows are independent):
 It writes the codes, the propagated quantities E and the pre-rounding values into the caller's arrays;
 the caller applies them to later blocks with matrix products. NumPy arrays go to a Numba kernel that
 works on chunks of rows in parallel, each chunk transposed into a small buffer (B × ROW_CHUNK) so that
-both the rounding and the rank-1 updates run over contiguous rows (SIMD). torch tensors run the same
-loop vectorised over rows on their device.
+both the rounding and the rank-1 updates run over contiguous rows (SIMD). torch tensors on the CPU use
+the same kernel through zero-copy NumPy views of their memory; on other devices the loop runs
+vectorised over rows with torch operations.
 """
 
 from __future__ import annotations
@@ -76,8 +77,13 @@ def _round_block_numba(V, U, scale, zero, qmin, qmax, offset, P, use_offset, use
 
 def round_block(V, U, scale, zero, qmin: int, qmax: int, codes, E, *, pre=None, offset=None, P=None,
                 propagate_rounded=False):
-    """Round one block (see module docstring): V is updated in place; codes, E and (with P) the
-    pre-rounding values are written into ``codes``, ``E``, ``pre`` (all out × B, may be views)."""
+    """Round one block (see module docstring). Writes the codes, E and (with P) the pre-rounding values
+    into ``codes``, ``E``, ``pre`` (all out × B, may be views); V is scratch, its contents afterwards
+    are unspecified."""
+    if not isinstance(V, np.ndarray) and V.device.type == "cpu":
+        V, U, scale, zero, codes, E, pre, offset, P = (
+            None if t is None else t.numpy() for t in (V, U, scale, zero, codes, E, pre, offset, P)
+        )
     if isinstance(V, np.ndarray):
         dtype = V.dtype
         dummy = np.zeros((1, 1), dtype=dtype)

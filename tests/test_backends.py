@@ -63,3 +63,35 @@ def test_torch_half_precision_weights_are_solved_in_float32_and_returned_in_half
 def test_unsupported_array_type_is_rejected():
     with pytest.raises(TypeError, match="numpy.ndarray or torch.Tensor"):
         UniformGrid.fit([[1.0, 2.0]], 4)
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(st.integers(1, 40), st.integers(1, 12), st.sampled_from(["optq", "qronos", "gptaq", "gpfq"]),
+       st.integers(0, 2**16))
+def test_torch_device_loop_equals_the_numba_kernel(out, width, kind, seed):
+    """The per-column torch loop (used on GPUs, which CI lacks) equals the Numba kernel on the same block."""
+    from qronos_linalg.kernels import _round_block_torch, round_block
+
+    rng = np.random.default_rng(seed)
+    V = rng.standard_normal((out, width)) * 3
+    U = np.triu(rng.standard_normal((width, width))) + 3 * np.eye(width)
+    scale = rng.uniform(0.2, 1.0, (out, width))
+    zero = rng.integers(0, 16, (out, width)).astype(np.float64)
+    offset = rng.standard_normal((out, width)) if kind == "qronos" else None
+    P = np.triu(rng.standard_normal((width, width)), 1) if kind == "gptaq" else None
+    propagate = kind == "gpfq"
+    outputs = {}
+    for name, run in (("numba", round_block), ("torch", _round_block_torch)):
+        block = V.copy()
+        codes = np.zeros((out, width), np.uint8)
+        E = np.zeros((out, width))
+        pre = np.zeros((out, width)) if P is not None else None
+        if name == "numba":
+            run(block, U, scale, zero, 0, 15, codes, E, pre=pre, offset=offset, P=P, propagate_rounded=propagate)
+        else:
+            t = lambda a: None if a is None else torch.from_numpy(a)  # noqa: E731  (shares memory)
+            run(t(block), t(U), t(scale), t(zero), 0, 15, t(codes), t(E), t(pre), t(offset), t(P), propagate)
+        outputs[name] = (codes, E, pre)
+    for got, expected in zip(outputs["torch"], outputs["numba"]):
+        if expected is not None:
+            np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
