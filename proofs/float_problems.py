@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from hypothesis import settings
 from hypothesis import strategies as st
+
+from proofkit import Instance
 
 #: Problem size of the float checks: big enough for several blocks, small enough for direct forms.
 OUT_FEATURES = 6
@@ -30,25 +30,7 @@ EXACT_SETTINGS = settings(derandomize=True, max_examples=50, deadline=None)
 seeds = st.integers(min_value=0, max_value=2**31 - 1)
 
 
-@dataclass
-class FloatProblem:
-    """W, X, X̃ (float64) and a grid fitted to W."""
-
-    W: np.ndarray
-    X: np.ndarray
-    X_tilde: np.ndarray
-    grid: object
-
-    @property
-    def H(self):
-        return self.X_tilde.T @ self.X_tilde
-
-    @property
-    def G(self):
-        return self.X_tilde.T @ self.X
-
-
-def float_problem(seed: int, *, same_inputs: bool = False) -> FloatProblem:
+def float_problem(seed: int, *, same_inputs: bool = False) -> Instance:
     """Correlated Gaussian inputs (so the order of columns matters), X̃ = X + noise."""
     from qronos_linalg import UniformGrid
 
@@ -57,7 +39,7 @@ def float_problem(seed: int, *, same_inputs: bool = False) -> FloatProblem:
     X = rng.standard_normal((SAMPLES, IN_FEATURES)) @ (np.eye(IN_FEATURES) + mixing)
     X_tilde = X if same_inputs else X + INPUT_NOISE * rng.standard_normal(X.shape)
     W = rng.standard_normal((OUT_FEATURES, IN_FEATURES))
-    return FloatProblem(W=W, X=X, X_tilde=X_tilde, grid=UniformGrid.fit(W, BITS, group_size=GROUP_SIZE))
+    return Instance(W=W, X=X, X_tilde=X_tilde, grid=UniformGrid.fit(W, BITS, group_size=GROUP_SIZE))
 
 
 def assert_same_grid_values(A, B, grid):

@@ -459,12 +459,13 @@ EXACT_ZEROS = (3, 4)
 
 @dataclass
 class Instance:
-    """A small exact problem: data, statistics and a grid."""
+    """A problem: data, its statistics and a grid (Fractions with an ExactGrid, or float64 with a
+    UniformGrid in float_problems.py)."""
 
     W: np.ndarray
     X: np.ndarray
     X_tilde: np.ndarray
-    grid: ExactGrid
+    grid: object
 
     @property
     def H(self):
