@@ -85,15 +85,22 @@ def round_block(V, U, scale, zero, qmin: int, qmax: int, codes, E, *, pre=None, 
             None if t is None else t.numpy() for t in (V, U, scale, zero, codes, E, pre, offset, P)
         )
     if isinstance(V, np.ndarray):
+        # The kernel is compiled for C-contiguous arrays only (strided views stop SIMD: ~4× slower), so
+        # views are copied in, and the outputs written to contiguous buffers and copied back.
         dtype = V.dtype
         dummy = np.zeros((1, 1), dtype=dtype)
+        contiguous = [np.ascontiguousarray(a) for a in (V, U, scale, zero)]
+        outputs = [np.empty(codes.shape, codes.dtype), np.empty(E.shape, dtype),
+                   dummy if pre is None else np.empty(pre.shape, dtype)]
         _round_block_numba(
-            V, U, scale, zero, dtype.type(qmin), dtype.type(qmax),
-            dummy if offset is None else offset,
-            dummy if P is None else P,
-            offset is not None, P is not None, propagate_rounded, codes, E,
-            dummy if pre is None else pre,
+            *contiguous, dtype.type(qmin), dtype.type(qmax),
+            dummy if offset is None else np.ascontiguousarray(offset),
+            dummy if P is None else np.ascontiguousarray(P),
+            offset is not None, P is not None, propagate_rounded, *outputs,
         )
+        codes[...], E[...] = outputs[0], outputs[1]
+        if pre is not None:
+            pre[...] = outputs[2]
         return
     _round_block_torch(V, U, scale, zero, qmin, qmax, codes, E, pre, offset, P, propagate_rounded)
 
