@@ -47,13 +47,16 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
+from qronos_linalg.adapters.torch.onnx_export import INPUT_NAME as INPUT  # noqa: E402
+from qronos_linalg.adapters.torch.onnx_export import OUTPUT_NAME as OUTPUT  # noqa: E402
+from qronos_linalg.adapters.torch.onnx_export import export_causal_lm_onnx  # noqa: E402
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results_onnx_smollm2.md"
 BITS, GROUP = 4, 128
 DEFAULT_ALGORITHMS = ("rtn", "optq", "gpfq", "gptaq", "qronos")
 DEPTH_ALGORITHM = "qronos"
 INFERENCE_REPEATS = 2
-INPUT, OUTPUT = "input_ids", "logits"
 _BaseSessionOptions = ort.SessionOptions
 
 
@@ -101,27 +104,10 @@ def export_onnx(cache: pathlib.Path, seq_len: int) -> pathlib.Path:
     path = cache / f"smollm2-135m-instruct.seq{seq_len}.onnx"
     if path.exists():
         return path
-    import torch
-
     from qronos_linalg.adapters.torch.data import load_model
 
     model, _, _ = load_model("smollm2")
-
-    class LogitsOnly(torch.nn.Module):
-        def __init__(self, lm):
-            super().__init__()
-            self.lm = lm
-
-        def forward(self, input_ids):
-            return self.lm(input_ids=input_ids, use_cache=False).logits
-
-    example = torch.zeros((1, seq_len), dtype=torch.int64)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with torch.no_grad():
-        torch.onnx.export(LogitsOnly(model).eval(), (example,), str(temporary), dynamo=True,
-                          input_names=[INPUT], output_names=[OUTPUT], external_data=False)
-    temporary.replace(path)
-    return path
+    return export_causal_lm_onnx(model, path, seq_len=seq_len)
 
 
 def token_windows(cache: pathlib.Path, seq_len: int, calib: int, evaluation: int) -> tuple:

@@ -69,3 +69,18 @@ def test_calibration_shorter_than_one_window_is_an_error(tmp_path, model_folder,
     with pytest.raises(ValueError, match="shorter than one window"):
         args.func(args)
     assert not (tmp_path / "q").exists()
+
+
+def test_weight_only_model_is_exported_to_onnx_and_activation_quantized_one_refused(tmp_path, model_folder,
+                                                                                    text_file, capsys):
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    common = [str(model_folder), "--algo", "optq", "--bits", "4", "--text-file", str(text_file),
+              "--seq-len", str(SEQ_LEN), "--windows", "2", "--quiet"]
+    args = _parse(["quantize-lm", *common, "--act-bits", "8", "-o", str(tmp_path / "a"), "--onnx", str(tmp_path / "a.onnx")])
+    assert args.func(args) == 2
+    assert "weight-only" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    args = _parse(["quantize-lm", *common, "-o", str(tmp_path / "w"), "--onnx", str(tmp_path / "w.onnx")])
+    assert args.func(args) == 0
+    session = ort.InferenceSession(str(tmp_path / "w.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.shape for i in session.get_inputs()] == [[1, SEQ_LEN]]

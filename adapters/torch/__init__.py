@@ -2,6 +2,7 @@
 
 Import as ``qronos_linalg.adapters.torch``. Main entry points: :func:`quantize_module` (any module),
 :func:`quantize_causal_lm` (Hugging Face decoder LMs), :func:`save_quantized` / :func:`load_quantized`,
+:func:`~qronos_linalg.adapters.torch.onnx_export.export_causal_lm_onnx` (hand-off to the ONNX adapter),
 and the transforms :func:`rotate_llama` (randomized Hadamard), :func:`smooth_llama` (SmoothQuant) and
 :func:`magr` (MagR).
 """

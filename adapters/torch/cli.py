@@ -49,6 +49,9 @@ def register(subparsers) -> None:
                           help="X = true float model ('float') or float block on quantized inputs ('block')")
     quantize.add_argument("--blocks", default=None, help="dotted path of the decoder-block ModuleList")
     quantize.add_argument("-o", "--output", type=Path, required=True)
+    quantize.add_argument("--onnx", type=Path, default=None, metavar="FILE",
+                          help="also export the quantized (weight-only) model to ONNX, input (1, --seq-len) → logits, "
+                               "for `qronos quantize`")
     quantize.add_argument("--overwrite", action="store_true")
     quantize.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_text_options(quantize, DEFAULT_CALIB_WINDOWS, "calibration")
@@ -91,8 +94,12 @@ def quantize_lm(args) -> int:
     from .save import save_quantized
     from .smoothquant import smooth_llama
 
-    if args.output.exists() and not args.overwrite:
-        print(f"error: output folder {args.output} already exists; pass --overwrite to replace it", file=sys.stderr)
+    for target in (args.output, args.onnx):
+        if target is not None and target.exists() and not args.overwrite:
+            print(f"error: {target} already exists; pass --overwrite to replace it", file=sys.stderr)
+            return 2
+    if args.onnx is not None and (args.act_bits is not None or args.hadamard):
+        print("error: --onnx exports weight-only models (no --act-bits, no --hadamard)", file=sys.stderr)
         return 2
     torch.manual_seed(0)
     config = QuantConfig(
@@ -114,9 +121,13 @@ def quantize_lm(args) -> int:
     report["peak_memory_mib"] = _peak_memory_mib()
     save_quantized(model, args.output, report, tokenizer=tokenizer, transforms=transforms,
                    base_model=str(folder), overwrite=args.overwrite)
+    if args.onnx is not None:
+        from .onnx_export import export_causal_lm_onnx
+
+        export_causal_lm_onnx(model, args.onnx, seq_len=args.seq_len, overwrite=args.overwrite)
     errors = [layer["rel_error"] for layer in report["layers"]]
     print(json.dumps({
-        "output": str(args.output), "layers": len(errors), "quantization_time_s": round(report["total_time_s"], 2),
+        "output": str(args.output), "onnx": None if args.onnx is None else str(args.onnx), "layers": len(errors), "quantization_time_s": round(report["total_time_s"], 2),
         "peak_memory_mib": round(report["peak_memory_mib"], 1),
         "mean_rel_error": sum(errors) / len(errors),
         "mean_rel_error_rtn": sum(layer["rel_error_rtn"] for layer in report["layers"]) / len(errors),
