@@ -170,6 +170,17 @@ def main(argv=None):
         f"{SAMPLES_PER_FEATURE}·in calibration samples; {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs. Command: `python benchmarks/{os.path.basename(__file__)} "
         + " ".join(sys.argv[1:] if argv is None else argv) + "`\n")
+    import numba
+
+    threads = f"numba {numba.get_num_threads()} threads, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
+    try:
+        import torch
+
+        threads += f", torch {torch.get_num_threads()} threads"
+    except ImportError:
+        pass
+    out(f"Threads: {threads}. For one-thread figures on a shared machine, run with "
+        "`OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1`.\n")
     out("Times are best-of-repeats multiples of one (out × in)·(in × in) product in the same run and backend;"
         " memory is peak traced allocation over (in² + out·in)·4 bytes.\n")
     speed_table(args.sizes, backends, args.solvers, args.repeats, out)
