@@ -1,12 +1,18 @@
 """Regenerate docs/results_lm.md: SmolLM2-135M-Instruct perplexity after quantization.
 
-Each row runs in its own subprocess (so its peak RSS is its own): load the fp32 model, apply the
-transforms, quantize block by block (two streams, X from the true float model), evaluate perplexity on
-the evaluation windows of the documented Wikipedia split (adapters/torch/data.py). The table is
-rewritten (temp + rename) after every row, so an interrupted run keeps the rows it finished.
+A row is (setting, algorithm, x_mode). x_mode is the meaning of X, the float target that GPFQ, GPTAQ and
+Qronos fit (float: the true float model; block: the float block applied to the quantized stream, as
+Brevitas does); RTN and OPTQ do not use X, so their rows have no x_mode.
 
-    python benchmarks/lm_table.py --calib-windows 32 --eval-windows 40 --rows reduced
-    python benchmarks/lm_table.py --rows full            # every configuration of issue 3 (long)
+Each row runs in its own subprocess (so its peak RSS is its own): load the fp32 model, apply the
+transforms, quantize block by block, evaluate perplexity on the evaluation windows of the documented
+Wikipedia split (adapters/torch/data.py). Finished rows are stored in docs/results_lm.json; a run skips
+the selected rows already stored there (a failed row is run again) and, after every row, rebuilds the
+table from all stored rows (temp + rename), so an interrupted run keeps what it finished.
+
+    python benchmarks/lm_table.py --calib-windows 16 --eval-windows 20            # every missing row
+    python benchmarks/lm_table.py --calib-windows 16 --eval-windows 20 \\
+        --only "W3 g128 asym" --algorithms qronos --x-modes block --threads 1     # one row
 """
 
 from __future__ import annotations
@@ -26,31 +32,45 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "docs" / "results_lm.md"
+RESULTS = TABLE.with_suffix(".json")
 
-W4 = {"bits": 4}
-W3_G128 = {"bits": 3, "group_size": 128}
-W2_G64_TRANSFORMED = {"bits": 2, "group_size": 64, "hadamard": True, "magr_alpha": 0.001, "shrink": 0.8}
-W4A8_HADAMARD = {"bits": 4, "act_bits": 8, "hadamard": True}
+FLOAT = "float"
 SETTINGS = {
-    "W4 per-channel asym": W4,
-    "W3 g128 asym": W3_G128,
-    "W2 g64 + Hadamard + MagR + β=0.8": W2_G64_TRANSFORMED,
-    "W4A8 per-channel + Hadamard": W4A8_HADAMARD,
+    "W4 per-channel asym": {"bits": 4},
+    "W3 g128 asym": {"bits": 3, "group_size": 128},
+    "W2 g64 + Hadamard + MagR + β=0.8": {"bits": 2, "group_size": 64, "hadamard": True, "magr_alpha": 0.001,
+                                         "shrink": 0.8},
+    "W4A8 per-channel + Hadamard": {"bits": 4, "act_bits": 8, "hadamard": True},
 }
-REDUCED = {"W4 per-channel asym": ("rtn", "optq", "qronos"), "W3 g128 asym": ("rtn", "optq", "qronos")}
-FULL_ALGORITHMS = ("rtn", "optq", "gpfq", "gptaq", "qronos")
+ALGORITHMS = ("rtn", "optq", "gpfq", "gptaq", "qronos")
+USES_X = ("gpfq", "gptaq", "qronos")
+X_MODES = ("float", "block")
+#: Keys of the windows that make stored rows comparable; a results file with other values is refused.
+WINDOW_KEYS = ("calib_windows", "eval_windows", "seq_len")
 
 
-def rows(kind: str) -> list[tuple[str, str | None]]:
-    chosen = [("float", None)]
-    if kind == "reduced":
-        chosen += [(setting, algo) for setting, algos in REDUCED.items() for algo in algos]
-    else:
-        chosen += [(setting, algo) for setting in SETTINGS for algo in FULL_ALGORITHMS]
-    return chosen
+def all_rows() -> list[tuple[str, str, str | None]]:
+    """Every (setting, algorithm, x_mode), in table order; x_mode is None where X is not used."""
+    rows = [(FLOAT, FLOAT, None)]
+    for setting in SETTINGS:
+        for algorithm in ALGORITHMS:
+            x_modes = X_MODES if algorithm in USES_X else (None,)
+            rows += [(setting, algorithm, x_mode) for x_mode in x_modes]
+    return rows
 
 
-def run_one(setting: str, algorithm: str | None, windows_file: Path, x_mode: str) -> dict:
+def selected_rows(settings: list[str], algorithms: list[str], x_modes: list[str]) -> list[tuple]:
+    return [
+        (setting, algorithm, x_mode) for setting, algorithm, x_mode in all_rows()
+        if setting in settings and algorithm in algorithms and (x_mode is None or x_mode in x_modes)
+    ]
+
+
+def row_key(row: dict) -> tuple:
+    return row["setting"], row["algorithm"], row["x_mode"]
+
+
+def run_one(setting: str, algorithm: str, x_mode: str | None, windows_file: Path) -> dict:
     """Quantize (unless float) and evaluate one configuration in this process."""
     from qronos_linalg.adapters.torch import QuantConfig, perplexity, quantize_causal_lm
     from qronos_linalg.adapters.torch.data import load_model
@@ -60,92 +80,163 @@ def run_one(setting: str, algorithm: str | None, windows_file: Path, x_mode: str
     windows = torch.load(windows_file)
     model, _tokenizer, _folder = load_model("smollm2")
     quant_time = 0.0
-    if algorithm is not None:
+    if algorithm != FLOAT:
         options = dict(SETTINGS[setting])
         hadamard = options.pop("hadamard", False)
         start = time.perf_counter()
         if hadamard:
             rotate_llama(model, seed=0)
+        # x_mode only matters for the algorithms that use X; pass the adapter default for the others.
         quantize_causal_lm(model, windows["calibration"], QuantConfig(algorithm=algorithm, **options),
-                           x_mode=x_mode, progress=False)
+                           x_mode=x_mode or "float", progress=False)
         quant_time = time.perf_counter() - start
     start = time.perf_counter()
     value = perplexity(model, windows["evaluation"], progress=False)
     return {
-        "setting": setting, "algorithm": algorithm or "float", "perplexity": value,
+        "setting": setting, "algorithm": algorithm, "x_mode": x_mode, "perplexity": value,
         "quantization_time_s": quant_time, "eval_time_s": time.perf_counter() - start,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "threads": torch.get_num_threads(),
     }
 
 
-def write_table(results: list[dict], args, command: str) -> None:
+def run_child(setting: str, algorithm: str, x_mode: str | None, windows_file: Path, threads: int) -> dict:
+    """run_one in a subprocess; a crash becomes a row with an ``error`` instead of a perplexity."""
+    command = [sys.executable, __file__, "--threads", str(threads),
+               "--one", setting, algorithm, x_mode or "-", str(windows_file)]
+    child = subprocess.run(command, capture_output=True, text=True)
+    if child.returncode == 0:
+        return json.loads(child.stdout.strip().splitlines()[-1])
+    stderr = child.stderr.strip().splitlines()
+    reason = stderr[-1] if stderr else f"exit status {child.returncode}"
+    return {"setting": setting, "algorithm": algorithm, "x_mode": x_mode, "error": reason, "threads": threads}
+
+
+def load_results(windows: dict) -> list[dict]:
+    """Rows stored by earlier runs with the same windows (none if there is no results file)."""
+    if not RESULTS.exists():
+        return []
+    stored = json.loads(RESULTS.read_text())
+    stored_windows = {key: stored[key] for key in WINDOW_KEYS}
+    if stored_windows != windows:
+        raise SystemExit(f"{RESULTS} holds rows for {stored_windows}, not {windows}; "
+                         "use the same options or move the file away to start a new table")
+    return stored["rows"]
+
+
+def replace_file(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def save(rows: list[dict], windows: dict) -> None:
+    """Store the rows (table order) and rebuild the table from them."""
+    order = {key: index for index, key in enumerate(all_rows())}
+    rows = sorted(rows, key=lambda row: order[row_key(row)])
+    replace_file(RESULTS, json.dumps({**windows, "rows": rows}, indent=1, ensure_ascii=False) + "\n")
+    replace_file(TABLE, table(rows, windows))
+
+
+def table(rows: list[dict], windows: dict) -> str:
     lines = [
         "# SmolLM2-135M-Instruct: perplexity after quantization",
         "",
-        "Generated by `benchmarks/lm_table.py`; do not edit by hand. Command:",
+        f"Generated by `benchmarks/lm_table.py` from the rows stored in `{RESULTS.name}`; do not edit by hand. "
+        "A run adds the rows it selects that are not stored yet; every row of this table is rerun by "
+        f"moving `{RESULTS.name}` away and running",
         "",
-        f"    {command}",
+        f"    python benchmarks/lm_table.py --calib-windows {windows['calib_windows']} "
+        f"--eval-windows {windows['eval_windows']} --seq-len {windows['seq_len']} --threads 1",
         "",
         "- Model: SmolLM2-135M-Instruct (packaged GGUF, dequantized to fp32). All 210 linears of the 30 "
         "decoder blocks quantized; embeddings and lm_head stay float.",
-        f"- Calibration: {args.calib_windows} windows × {args.seq_len} tokens from the calibration articles; "
-        f"evaluation: the first {args.eval_windows} non-overlapping {args.seq_len}-token windows of the "
-        f"evaluation articles (gensim Wikipedia sample; article i is calibration iff i % 4 == 0).",
-        f"- X from `x_mode={args.x_mode}` (float: the true float model; block: the float block on the "
-        "quantized stream); X̃ from the partially quantized model; grids "
-        "asymmetric min-max fitted before rounding; solver default damping (OPTQ/GPTAQ/Qronos 0.01).",
-        "- Weight-only rows quantize no activations. Times on "
-        f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads; peak memory = peak RSS of the row's process.",
+        f"- Calibration: {windows['calib_windows']} windows × {windows['seq_len']} tokens from the calibration "
+        f"articles; evaluation: the first {windows['eval_windows']} non-overlapping {windows['seq_len']}-token "
+        "windows of the evaluation articles (gensim Wikipedia sample; article i is calibration iff i % 4 == 0).",
+        "- X (GPFQ, GPTAQ, Qronos only): `float` = the true float model; `block` = the float block applied "
+        "to the quantized stream (Brevitas' definition). X̃ from the partially quantized model. Grids "
+        "asymmetric min-max fitted before rounding; solver default damping (OPTQ, GPTAQ, Qronos: 0.01).",
+        "- A8 rows fake-quantize the input of every quantized linear per token (dynamic asymmetric 8-bit); "
+        "weight-only rows quantize no activations. Hadamard rows rotate the model first (seed 0); "
+        "the rotation is included in the quantization time.",
+        f"- Times on {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}) shared with "
+        f"other jobs, torch {torch.__version__}, with the row's torch threads; peak memory = peak RSS of the "
+        "row's process.",
         "- W4 asymmetric g32 is lossless for this model (its GGUF grid) and is therefore not used.",
         "",
-        "| setting | algorithm | perplexity | quantization time (s) | peak RSS (MiB) |",
-        "|---|---|---:|---:|---:|",
+        "| setting | algorithm | X | perplexity | quantization time (s) | threads | peak RSS (MiB) |",
+        "|---|---|---|---:|---:|---:|---:|",
     ]
-    for r in results:
-        lines.append(f"| {r['setting']} | {r['algorithm']} | {r['perplexity']:.2f} | "
-                     f"{r['quantization_time_s']:.0f} | {r['peak_rss_mib']:.0f} |")
-    TABLE.parent.mkdir(parents=True, exist_ok=True)
-    temporary = TABLE.with_name(f".{TABLE.name}.tmp")
-    temporary.write_text("\n".join(lines) + "\n")
-    os.replace(temporary, TABLE)
+    for row in rows:
+        head = f"| {row['setting']} | {row['algorithm']} | {row['x_mode'] or '—'} |"
+        if "error" in row:
+            reason = row["error"].replace("|", r"\|")
+            lines.append(f"{head} failed: {reason} | | {row['threads']} | |")
+        else:
+            lines.append(f"{head} {row['perplexity']:.2f} | {row['quantization_time_s']:.0f} | "
+                         f"{row['threads']} | {row['peak_rss_mib']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def comma_list(choices):
+    def parse(text: str) -> list[str]:
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        unknown = sorted(set(items) - set(choices))
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {unknown}; choose from {list(choices)}")
+        return items
+    return parse
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", choices=("reduced", "full"), default="reduced")
+    settings = (FLOAT, *SETTINGS)
+    parser.add_argument("--only", action="append", choices=settings, metavar="SETTING",
+                        help=f"a setting to run (repeatable; default all): {', '.join(map(repr, settings))}")
+    algorithms = (FLOAT, *ALGORITHMS)
+    parser.add_argument("--algorithms", type=comma_list(algorithms), default=list(algorithms),
+                        help=f"comma-separated (default: {','.join(algorithms)})")
+    parser.add_argument("--x-modes", type=comma_list(X_MODES), default=list(X_MODES),
+                        help="comma-separated x_modes of the algorithms that use X (default: float,block)")
     parser.add_argument("--calib-windows", type=int, default=32)
     parser.add_argument("--eval-windows", type=int, default=40)
     parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--x-mode", choices=("float", "block"), default="float")
-    parser.add_argument("--one", nargs=3, metavar=("SETTING", "ALGORITHM", "WINDOWS_FILE"), help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="torch threads of each row (default: torch's, which follows OMP_NUM_THREADS)")
+    parser.add_argument("--one", nargs=4, metavar=("SETTING", "ALGORITHM", "X_MODE", "WINDOWS_FILE"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     if args.one:
-        setting, algorithm, windows_file = args.one
-        print(json.dumps(run_one(setting, None if algorithm == "float" else algorithm, Path(windows_file),
-                                 args.x_mode)))
+        setting, algorithm, x_mode, windows_file = args.one
+        print(json.dumps(run_one(setting, algorithm, None if x_mode == "-" else x_mode, Path(windows_file))))
+        return 0
+
+    windows = {key: getattr(args, key) for key in WINDOW_KEYS}
+    stored = load_results(windows)
+    done = {row_key(row) for row in stored if "error" not in row}
+    todo = [row for row in selected_rows(args.only or list(settings), args.algorithms, args.x_modes)
+            if row not in done]
+    print(f"{len(todo)} row(s) to run, {len(done)} stored", flush=True)
+    if not todo:
+        save(stored, windows)
         return 0
     from qronos_linalg.adapters.torch.data import load_model, text_windows
 
     _model, tokenizer, _folder = load_model("smollm2")
-    windows = {
+    token_windows = {
         "calibration": text_windows(tokenizer, "calibration", args.seq_len, args.calib_windows),
         "evaluation": text_windows(tokenizer, "evaluation", args.seq_len, args.eval_windows),
     }
-    command = "python benchmarks/lm_table.py " + " ".join(sys.argv[1:])
-    results = []
     with tempfile.TemporaryDirectory() as scratch:
         windows_file = Path(scratch) / "windows.pt"
-        torch.save(windows, windows_file)
-        for setting, algorithm in rows(args.rows):
-            child = subprocess.run(
-                [sys.executable, __file__, "--one", setting, algorithm or "float", str(windows_file),
-                 "--x-mode", args.x_mode],
-                capture_output=True, text=True, check=True,
-            )
-            results.append(json.loads(child.stdout.strip().splitlines()[-1]))
-            print(json.dumps(results[-1]), flush=True)
-            write_table(results, args, command)
+        torch.save(token_windows, windows_file)
+        for setting, algorithm, x_mode in todo:
+            row = run_child(setting, algorithm, x_mode, windows_file, args.threads)
+            print(json.dumps(row, ensure_ascii=False), flush=True)
+            stored = [old for old in stored if row_key(old) != row_key(row)] + [row]
+            save(stored, windows)
     return 0
 
 
