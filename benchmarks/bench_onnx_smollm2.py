@@ -521,7 +521,7 @@ def write_results(path: pathlib.Path, results: list, depth: list, facts: dict, a
             "the calibrated solvers lower the mean per-layer output error on the calibration windows (errors "
             f"above) but not the perplexity, with this calibration set ({args.calib_windows} × {args.seq_len} tokens "
             "of the Wikipedia sample).")
-    ort_rtn = by.get((f"onnxruntime MatMulNBitsQuantizer RTN", asym, "fp32"))
+    ort_rtn = by.get(("onnxruntime MatMulNBitsQuantizer RTN", asym, "fp32"))
     our_rtn = by.get(("qronos_linalg rtn", asym, "fp32"))
     if ort_rtn and our_rtn:
         lines.append(f"- Same grid check: qronos_linalg RTN with the lm_head float gives {our_rtn['perplexity']:.3f}, "
