@@ -7,8 +7,9 @@ Brevitas does); RTN and OPTQ do not use X, so their rows have no x_mode.
 Each row runs in its own subprocess (so its peak RSS is its own): load the fp32 model, apply the
 transforms, quantize block by block, evaluate perplexity on the evaluation windows of the documented
 Wikipedia split (adapters/torch/data.py). Finished rows are stored in docs/results_lm.json; a run skips
-the selected rows already stored there (a failed row is run again) and, after every row, rebuilds the
-table from all stored rows (temp + rename), so an interrupted run keeps what it finished.
+the selected rows already stored there (a failed row is run again; --rerun runs them anyway) and, after
+every row, rebuilds the table from all stored rows (temp + rename, under a file lock), so an interrupted
+run keeps what it finished and runs started side by side (say one per core) keep each other's rows.
 
     python benchmarks/lm_table.py --calib-windows 16 --eval-windows 20            # every missing row
     python benchmarks/lm_table.py --calib-windows 16 --eval-windows 20 \\
@@ -18,6 +19,7 @@ table from all stored rows (temp + rename), so an interrupted run keeps what it 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
@@ -130,6 +132,15 @@ def replace_file(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
+def store_row(row: dict, windows: dict) -> None:
+    """Add (or replace) one row in the results file, under a lock so that concurrent runs keep each
+    other's rows, and rebuild the table."""
+    with open(RESULTS.with_name(f".{RESULTS.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stored = load_results(windows)
+        save([old for old in stored if row_key(old) != row_key(row)] + [row], windows)
+
+
 def save(rows: list[dict], windows: dict) -> None:
     """Store the rows (table order) and rebuild the table from them."""
     order = {key: index for index, key in enumerate(all_rows())}
@@ -202,6 +213,8 @@ def main() -> int:
     parser.add_argument("--calib-windows", type=int, default=32)
     parser.add_argument("--eval-windows", type=int, default=40)
     parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--rerun", action="store_true",
+                        help="run the selected rows even if they are stored (the new result replaces the old)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="torch threads of each row (default: torch's, which follows OMP_NUM_THREADS)")
     parser.add_argument("--one", nargs=4, metavar=("SETTING", "ALGORITHM", "X_MODE", "WINDOWS_FILE"),
@@ -217,7 +230,7 @@ def main() -> int:
     stored = load_results(windows)
     done = {row_key(row) for row in stored if "error" not in row}
     todo = [row for row in selected_rows(args.only or list(settings), args.algorithms, args.x_modes)
-            if row not in done]
+            if args.rerun or row not in done]
     print(f"{len(todo)} row(s) to run, {len(done)} stored", flush=True)
     if not todo:
         save(stored, windows)
@@ -235,8 +248,7 @@ def main() -> int:
         for setting, algorithm, x_mode in todo:
             row = run_child(setting, algorithm, x_mode, windows_file, args.threads)
             print(json.dumps(row, ensure_ascii=False), flush=True)
-            stored = [old for old in stored if row_key(old) != row_key(row)] + [row]
-            save(stored, windows)
+            store_row(row, windows)
     return 0
 
 

@@ -11,7 +11,7 @@ pytest.importorskip("transformers")
 from _torch_tiny import tiny_llama, token_batch  # noqa: E402
 
 from qronos_linalg.adapters.torch.actquant import fake_quantize_per_token  # noqa: E402
-from qronos_linalg.adapters.torch.magr import magr, magr_objective, project_rows_onto_l1_ball  # noqa: E402
+from qronos_linalg.adapters.torch.magr import linf_clip_level, magr, magr_objective, prox_linf  # noqa: E402
 from qronos_linalg.adapters.torch.rotation import rotate_llama  # noqa: E402
 from qronos_linalg.adapters.torch.smoothquant import smooth_llama  # noqa: E402
 
@@ -74,17 +74,59 @@ def test_magr_lowers_objective_and_infinity_norm(seed, alpha):
     assert bool((V.abs().amax(dim=1) <= W.abs().amax(dim=1) + 1e-9).all())
 
 
+def _project_rows_onto_l1_ball(U: torch.Tensor) -> torch.Tensor:
+    """Direct form: Euclidean projection of each row onto the unit ℓ1 ball by sorting (Duchi et al. 2008)."""
+    magnitudes = U.abs()
+    sorted_desc, _ = torch.sort(magnitudes, dim=1, descending=True)
+    excess = torch.cumsum(sorted_desc, dim=1) - 1
+    ranks = torch.arange(1, U.shape[1] + 1, dtype=U.dtype)
+    support = (sorted_desc - excess / ranks > 0).sum(dim=1, keepdim=True).clamp(min=1)
+    threshold = excess.gather(1, support - 1) / support.to(U.dtype)
+    projected = torch.sign(U) * torch.clamp(magnitudes - threshold, min=0)
+    return torch.where(magnitudes.sum(dim=1, keepdim=True) <= 1, U, projected)
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 10_000), scale=st.floats(0.01, 3.0), tau=st.floats(0.01, 5.0),
+       zero_row=st.booleans(), ties=st.booleans())
+def test_prox_linf_equals_moreau_form_with_sorted_l1_projection(seed, scale, tau, zero_row, ties):
+    generator = torch.Generator().manual_seed(seed)
+    U = scale * torch.randn(4, 9, dtype=torch.float64, generator=generator)
+    if ties:
+        U = U.round(decimals=1)
+    if zero_row:
+        U[0] = 0
+    expected = U - tau * _project_rows_onto_l1_ball(U / tau)
+    torch.testing.assert_close(prox_linf(U, tau), expected, atol=1e-12, rtol=1e-12)
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 10_000), tau=st.floats(0.01, 5.0), start_scale=st.floats(0.0, 10.0))
+def test_clip_level_does_not_depend_on_the_warm_start(seed, tau, start_scale):
+    """Newton from any start (below, at or above the root, or past every |uᵢ|) reaches the same level."""
+    generator = torch.Generator().manual_seed(seed)
+    magnitudes = torch.randn(6, 11, dtype=torch.float64, generator=generator).abs()
+    start = start_scale * torch.rand(6, 1, dtype=torch.float64, generator=generator)
+    cold = linf_clip_level(magnitudes, tau, torch.zeros(6, 1, dtype=torch.float64))
+    torch.testing.assert_close(linf_clip_level(magnitudes, tau, start), cold, atol=1e-12, rtol=1e-12)
+    clipped_mass = (magnitudes - cold).clamp(min=0).sum(dim=1, keepdim=True)
+    inside = magnitudes.sum(dim=1, keepdim=True) <= tau
+    assert bool(torch.where(inside, cold == 0, (clipped_mass - tau).abs() < 1e-9).all())
+
+
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 10_000), scale=st.floats(0.01, 3.0))
-def test_l1_projection_is_feasible_and_closest_among_perturbations(seed, scale):
+@given(seed=st.integers(0, 10_000), scale=st.floats(0.01, 3.0), tau=st.floats(0.01, 2.0))
+def test_prox_linf_is_the_minimizer_among_perturbations(seed, scale, tau):
     generator = torch.Generator().manual_seed(seed)
     U = scale * torch.randn(3, 7, dtype=torch.float64, generator=generator)
-    P = project_rows_onto_l1_ball(U)
-    assert bool((P.abs().sum(dim=1) <= 1 + 1e-9).all())
-    for _ in range(5):
-        candidate = P + 0.05 * torch.randn(P.shape, dtype=torch.float64, generator=generator)
-        candidate = candidate / torch.clamp(candidate.abs().sum(dim=1, keepdim=True), min=1)
-        assert bool((((U - P) ** 2).sum(1) <= ((U - candidate) ** 2).sum(1) + 1e-12).all())
+    V = prox_linf(U, tau)
+
+    def objective(candidate):
+        return 0.5 * ((candidate - U) ** 2).sum(dim=1) + tau * candidate.abs().amax(dim=1)
+
+    for _ in range(10):
+        candidate = V + 0.05 * torch.randn(V.shape, dtype=torch.float64, generator=generator)
+        assert bool((objective(V) <= objective(candidate) + 1e-12).all())
 
 
 @settings(max_examples=30, deadline=None)

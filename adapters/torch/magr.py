@@ -5,8 +5,8 @@ Per output channel (row w of W), with the layer's ``H = X̃ᵀX̃``:
     ŵ = argmin_v ½ (v − w)ᵀ H (v − w) + α · (λ_max² / ‖H‖₁) · ‖v‖_∞,
 
 solved by proximal gradient with step ``η = 1/λ_max(H)``:
-``v ← prox_{τ‖·‖∞}(v − η (v − w) H)`` with ``τ = α λ_max / ‖H‖₁`` and
-``prox_{τ‖·‖∞}(u) = u − τ · Π_{‖·‖₁ ≤ 1}(u / τ)`` (Moreau decomposition). The penalty scaling follows the
+``v ← prox_{τ‖·‖∞}(v − η (v − w) H)`` with ``τ = α λ_max / ‖H‖₁``; the prox clips u to ``[−t, t]`` with
+the clipped mass ``Σ max(|uᵢ| − t, 0) = τ`` (see :func:`prox_linf`). The penalty scaling follows the
 Brevitas port of the authors' code, so α has the same meaning there (α = 0 gives ŵ = w).
 """
 
@@ -14,28 +14,41 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["DEFAULT_MAGR_STEPS", "project_rows_onto_l1_ball", "prox_linf", "magr", "magr_objective"]
+__all__ = ["DEFAULT_MAGR_STEPS", "linf_clip_level", "prox_linf", "magr", "magr_objective"]
 
 #: Proximal-gradient iterations (the Brevitas default).
 DEFAULT_MAGR_STEPS = 200
 
 
-def project_rows_onto_l1_ball(U: torch.Tensor) -> torch.Tensor:
-    """Euclidean projection of each row of U onto the unit ℓ1 ball (sort-based, Duchi et al. 2008)."""
-    magnitudes = U.abs()
-    inside = magnitudes.sum(dim=1, keepdim=True) <= 1
-    sorted_desc, _ = torch.sort(magnitudes, dim=1, descending=True)
-    excess = torch.cumsum(sorted_desc, dim=1) - 1
-    ranks = torch.arange(1, U.shape[1] + 1, dtype=U.dtype, device=U.device)
-    support = (sorted_desc - excess / ranks > 0).sum(dim=1, keepdim=True).clamp(min=1)
-    threshold = excess.gather(1, support - 1) / support.to(U.dtype)
-    projected = torch.sign(U) * torch.clamp(magnitudes - threshold, min=0)
-    return torch.where(inside, U, projected)
-
-
 def prox_linf(U: torch.Tensor, tau: float) -> torch.Tensor:
-    """Row-wise ``argmin_v ½‖v − u‖² + τ‖v‖_∞ = u − τ Π_{B1}(u/τ)``."""
-    return U - tau * project_rows_onto_l1_ball(U / tau)
+    """Row-wise ``argmin_v ½‖v − u‖² + τ‖v‖_∞``: u clipped to ``[−t, t]`` (see :func:`linf_clip_level`)."""
+    magnitudes = U.abs()
+    level = linf_clip_level(magnitudes, tau, torch.zeros(U.shape[0], 1, dtype=U.dtype, device=U.device))
+    return torch.sign(U) * torch.minimum(magnitudes, level)
+
+
+def linf_clip_level(magnitudes: torch.Tensor, tau: float, start: torch.Tensor) -> torch.Tensor:
+    """Per row, the level t at which ``prox_{τ‖·‖∞}`` clips: ``t = 0`` where ``‖u‖₁ ≤ τ``, else the root of
+    ``f(t) = Σᵢ max(|uᵢ| − t, 0) − τ`` (the clipped mass is τ; by Moreau this prox is ``u − τ Π_{‖·‖₁≤1}(u/τ)``).
+
+    f is convex, piecewise linear and decreasing, so a Newton step
+    ``t ← (Σ_{|uᵢ|>t} |uᵢ| − τ) / #{|uᵢ| > t}`` from *any* ``start`` lands at or below the root (the tangent
+    lies under f); from there Newton's steps (Michelot's iteration) rise monotonically and stop exactly
+    once the set ``|uᵢ| > t`` no longer changes. A start near the root (the previous proximal-gradient
+    step's level) needs few passes; none of them sorts.
+    """
+
+    def newton_step(level: torch.Tensor) -> torch.Tensor:
+        above = magnitudes > level
+        count = above.sum(dim=1, keepdim=True).clamp(min=1)
+        return (torch.where(above, magnitudes, 0).sum(dim=1, keepdim=True) - tau) / count
+
+    level = newton_step(start).clamp(min=0)
+    while True:
+        newton = newton_step(level)
+        if not bool((newton > level).any()):
+            return level
+        level = torch.maximum(level, newton)
 
 
 def _penalty_scale(H: torch.Tensor) -> tuple[float, float]:
@@ -65,6 +78,10 @@ def magr(W: torch.Tensor, H: torch.Tensor, alpha: float, *, steps: int = DEFAULT
     step = 1.0 / largest_eigenvalue
     tau = alpha * largest_eigenvalue / one_norm
     V = W.clone()
+    level = torch.zeros(W.shape[0], 1, dtype=W.dtype, device=W.device)
     for _ in range(steps):
-        V = prox_linf(V - step * ((V - W) @ H), tau)
+        U = V - step * ((V - W) @ H)
+        magnitudes = U.abs()
+        level = linf_clip_level(magnitudes, tau, start=level)
+        V = torch.sign(U) * torch.minimum(magnitudes, level)
     return V
