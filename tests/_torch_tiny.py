@@ -1,4 +1,5 @@
-"""Shared builders for the torch-adapter tests: a tiny random Llama and a byte-level tokenizer."""
+"""Shared builders for the torch-adapter tests: a tiny random Llama, a tiny random Gemma 3 and a
+byte-level tokenizer."""
 
 import torch
 
@@ -24,6 +25,24 @@ def tiny_llama(*, hidden=48, intermediate=80, layers=2, heads=4, kv_heads=2, tie
                 if "norm" in name:
                     parameter.copy_(0.5 + torch.rand(parameter.shape, generator=generator))
     return model
+
+
+def tiny_gemma3(*, hidden=48, intermediate=80, layers=4, heads=4, kv_heads=2, head_dim=12, sliding_window=6):
+    """A randomly initialised Gemma3ForCausalLM whose blocks alternate sliding-window and global attention
+    (different masks and rotary bases per block); windows longer than ``sliding_window`` tell them apart."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(TINY_SEED)
+    config = Gemma3TextConfig(
+        vocab_size=TINY_VOCAB, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim, max_position_embeddings=256,
+        sliding_window=sliding_window, layer_types=["sliding_attention", "full_attention"] * (layers // 2),
+        rope_parameters={
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10.0},
+            "full_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+        },
+    )
+    return Gemma3ForCausalLM(config).eval()
 
 
 def token_batch(n_windows, seq_len, seed=1):

@@ -8,7 +8,7 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
-from _torch_tiny import tiny_llama, token_batch  # noqa: E402
+from _torch_tiny import tiny_gemma3, tiny_llama, token_batch  # noqa: E402
 
 from qronos_linalg import UniformGrid  # noqa: E402
 from qronos_linalg.adapters.torch import QuantConfig, find_block_list, quantize_causal_lm  # noqa: E402
@@ -49,17 +49,20 @@ def test_block_list_is_found_without_names():
     assert name == "model.layers" and blocks is model.model.layers
 
 
-def test_both_streams_advance_and_match_the_two_models(calibration):
-    model = tiny_llama()
-    float_model = tiny_llama()
+@pytest.mark.parametrize("build", [tiny_llama, tiny_gemma3], ids=["llama", "gemma3"])
+def test_both_streams_advance_and_match_the_two_models(calibration, build):
+    """Gemma 3's blocks alternate sliding-window (window 6 < 16 tokens) and global attention with different
+    rotary bases: the streams only match the models if each block gets its own mask and rotary table."""
+    model = build()
+    float_model = build()
     streams = {}
 
     def keep(index, float_stream, quant_stream):
-        streams[index] = (torch.cat([a[0] for a, _ in float_stream]), torch.cat([a[0] for a, _ in quant_stream]))
+        streams[index] = (torch.cat(float_stream), torch.cat(quant_stream))
 
     quantize_causal_lm(model, calibration, QuantConfig(algorithm="qronos", bits=3), progress=False, on_block=keep)
     last = max(streams)
-    assert sorted(streams) == [0, 1]
+    assert sorted(streams) == list(range(len(model.model.layers)))
     torch.testing.assert_close(streams[last][0], _final_block_output(float_model, calibration), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(streams[last][1], _final_block_output(model, calibration), atol=1e-5, rtol=1e-5)
     assert not torch.allclose(streams[0][0], streams[0][1])  # quantization moved the quantized stream

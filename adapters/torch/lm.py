@@ -69,17 +69,29 @@ def resolve_block_list(model: nn.Module, blocks: str | None) -> tuple[str, nn.Mo
     return blocks, modules[blocks]
 
 
-def capture_block_inputs(model: nn.Module, first_block: nn.Module, windows: torch.Tensor, batch_size: int):
-    """Positional and keyword inputs of ``first_block`` for each batch of token windows (n × seq)."""
-    captured = []
+def capture_block_inputs(model: nn.Module, block_list: nn.ModuleList, windows: torch.Tensor, batch_size: int):
+    """``(hidden, contexts)``: the hidden states entering the first block, one tensor per batch of token
+    windows (n × seq), and ``contexts[b][i] = (other positional args, keyword args)`` that block b receives
+    for batch i. Blocks may differ in these (Gemma 3 alternates sliding-window and global attention, with
+    different masks and rotary tables), so each block's are recorded from one float forward per batch that
+    stops at the last block; they hold shared references, not copies per block."""
+    hidden, contexts = [], [[] for _ in block_list]
+    last = len(block_list) - 1
 
-    def hook(module, args, kwargs):
-        if not args:
-            raise ValueError(f"{type(module).__name__} received no positional hidden-states argument")
-        captured.append((args, kwargs))
-        raise StopForward
+    def recorder(index: int):
+        def hook(module, args, kwargs):
+            if not args:
+                raise ValueError(f"{type(module).__name__} received no positional hidden-states argument")
+            if index == 0:
+                hidden.append(args[0])
+            contexts[index].append((args[1:], kwargs))
+            if index == last:
+                raise StopForward
 
-    handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
+        return hook
+
+    handles = [block.register_forward_pre_hook(recorder(index), with_kwargs=True)
+               for index, block in enumerate(block_list)]
     try:
         with torch.no_grad():
             for start in range(0, windows.shape[0], batch_size):
@@ -88,23 +100,25 @@ def capture_block_inputs(model: nn.Module, first_block: nn.Module, windows: torc
                 except StopForward:
                     pass
     finally:
-        handle.remove()
-    return captured
+        for handle in handles:
+            handle.remove()
+    return hidden, contexts
 
 
-def _block_call(block: nn.Module, args, kwargs):
-    return lambda: block(*args, **kwargs)
+def _block_call(block: nn.Module, hidden: torch.Tensor, context: tuple):
+    args, kwargs = context
+    return lambda: block(hidden, *args, **kwargs)
 
 
-def _advance(block: nn.Module, stream: list, label: str, block_name: str) -> list:
+def _advance(block: nn.Module, stream: list, contexts: list, label: str, block_name: str) -> list:
     advanced = []
     with torch.no_grad():
-        for args, kwargs in stream:
-            output = block(*args, **kwargs)
+        for hidden, context in zip(stream, contexts):
+            output = _block_call(block, hidden, context)()
             hidden = output[0] if isinstance(output, (tuple, list)) else output
             if not torch.isfinite(hidden).all():
                 raise ValueError(f"non-finite hidden states in the {label} stream after block {block_name!r}")
-            advanced.append(((hidden, *args[1:]), kwargs))
+            advanced.append(hidden)
     return advanced
 
 
@@ -125,7 +139,7 @@ def quantize_causal_lm(
     ``calibration``: token windows (n_windows × seq_len, int64). Layers outside the blocks (embeddings,
     lm_head) stay float. With ``config.act_bits`` a per-token activation quantizer is installed on every
     quantized layer (kept after the call: evaluation uses it). ``on_block(index, float_stream,
-    quant_stream)`` sees both streams after each block advances. Returns the report (``layers``: one
+    quant_stream)`` sees both streams (lists of hidden-state batches) after each block advances. Returns the report (``layers``: one
     entry per layer, and ``results``: ``{name: QuantResult}``).
     """
     from tqdm import tqdm
@@ -141,7 +155,7 @@ def quantize_causal_lm(
         for block in block_list:
             for layer in supported_layers(block).values():
                 _add_act_quantizer(layer, config.act_bits)
-    quant_stream = capture_block_inputs(model, block_list[0], calibration, batch_size)
+    quant_stream, contexts = capture_block_inputs(model, block_list, calibration, batch_size)
     float_stream = quant_stream if x_mode == "block" else list(quant_stream)
     results, reports = {}, []
     bar = tqdm(total=sum(len(supported_layers(b)) for b in block_list), desc="quantize", unit="layer",
@@ -151,19 +165,20 @@ def quantize_causal_lm(
         float_block = float_copy(block)
         outcome = quantize_layers_in_block(
             float_block, block,
-            [_block_call(float_block, *run) for run in float_stream],
-            [_block_call(block, *run) for run in quant_stream],
+            [_block_call(float_block, *run) for run in zip(float_stream, contexts[index])],
+            [_block_call(block, *run) for run in zip(quant_stream, contexts[index])],
             config, prefix=prefix, stats_dtype=stats_dtype, on_layer=lambda name: bar.update(1),
         )
         for name, (result, report) in outcome.items():
             results[name] = result
             reports.append(report)
         if x_mode == "float":
-            float_stream = _advance(float_block, float_stream, "float", prefix[:-1])
-        quant_stream = _advance(block, quant_stream, "quantized", prefix[:-1])
+            float_stream = _advance(float_block, float_stream, contexts[index], "float", prefix[:-1])
+        quant_stream = _advance(block, quant_stream, contexts[index], "quantized", prefix[:-1])
         if x_mode == "block":
             float_stream = quant_stream
         del float_block
+        contexts[index] = None
         if on_block is not None:
             on_block(index, float_stream, quant_stream)
     bar.close()
