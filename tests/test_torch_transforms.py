@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 pytest.importorskip("transformers")
 
-from _torch_tiny import tiny_llama, token_batch  # noqa: E402
+from _torch_tiny import tiny_gemma3, tiny_llama, token_batch  # noqa: E402
 
 from qronos_linalg.adapters.torch.actquant import fake_quantize_per_token  # noqa: E402
 from qronos_linalg.adapters.torch.magr import linf_clip_level, magr, magr_objective, prox_linf  # noqa: E402
@@ -43,6 +43,16 @@ def test_rotated_model_computes_the_same_function(tie):
 def test_rotation_rejects_non_llama_models():
     with pytest.raises(ValueError, match="Llama-style"):
         rotate_llama(torch.nn.Sequential(torch.nn.Linear(4, 4)))
+
+
+def test_rotation_refuses_gemma_blocks_and_leaves_the_model_unchanged():
+    """Gemma 3 has every Llama part name but also norms on the residual branches, which a residual-stream
+    rotation does not commute with."""
+    model = tiny_gemma3()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match="post_feedforward_layernorm"):
+        rotate_llama(model)
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
 
 
 def test_smoothquant_preserves_function_and_flattens_activation_maxima():

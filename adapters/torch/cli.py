@@ -31,7 +31,8 @@ def _add_text_options(parser: argparse.ArgumentParser, default_windows: int, wha
 
 def register(subparsers) -> None:
     quantize = subparsers.add_parser("quantize-lm", help="quantize a causal LM block by block and save it")
-    quantize.add_argument("model", help="'smollm2' (packaged SmolLM2-135M-Instruct) or a Hugging Face folder")
+    quantize.add_argument("model", help="'smollm2' (packaged SmolLM2-135M-Instruct), 'gemma3-270m' (packaged "
+                                        "Gemma-3-270M) or a Hugging Face folder")
     quantize.add_argument("--algo", choices=ALGORITHMS, default="qronos")
     quantize.add_argument("--bits", type=int, default=4)
     quantize.add_argument("--group-size", type=int, default=None)
@@ -58,7 +59,7 @@ def register(subparsers) -> None:
     quantize.set_defaults(func=quantize_lm)
 
     evaluate = subparsers.add_parser("eval-ppl", help="perplexity of a (quantized or float) causal LM")
-    evaluate.add_argument("model", help="'smollm2' or a folder written by quantize-lm / any HF folder")
+    evaluate.add_argument("model", help="'smollm2', 'gemma3-270m' or a folder written by quantize-lm / any HF folder")
     evaluate.add_argument("--json", type=Path, default=None, help="also write the result as JSON here")
     evaluate.add_argument("--overwrite", action="store_true")
     evaluate.add_argument("--quiet", action="store_true")
@@ -67,7 +68,7 @@ def register(subparsers) -> None:
 
 
 def _windows(tokenizer, args, split: str):
-    from .data import split_articles, text_windows, token_windows
+    from .data import split_articles, text_windows, token_windows, window_bos
 
     if args.text_file is None:
         return text_windows(tokenizer, split, args.seq_len, args.windows)
@@ -77,7 +78,7 @@ def _windows(tokenizer, args, split: str):
     calibration, evaluation = split_articles(paragraphs)
     chosen = calibration if split == "calibration" else evaluation
     token_ids = tokenizer("\n\n".join(chosen), add_special_tokens=False)["input_ids"]
-    return token_windows(token_ids, args.seq_len, args.windows)
+    return token_windows(token_ids, args.seq_len, args.windows, bos_token_id=window_bos(tokenizer))
 
 
 def _peak_memory_mib() -> float:
@@ -136,15 +137,15 @@ def quantize_lm(args) -> int:
 
 
 def eval_ppl(args) -> int:
-    from .data import SMOLLM2, load_model
+    from .data import PACKAGED_MODELS, load_model
     from .lm import perplexity
     from .save import load_quantized, write_json_atomic
 
     if args.json is not None and args.json.exists() and not args.overwrite:
         print(f"error: {args.json} already exists; pass --overwrite to replace it", file=sys.stderr)
         return 2
-    if args.model == SMOLLM2:
-        model, tokenizer, _ = load_model(SMOLLM2)
+    if args.model in PACKAGED_MODELS:
+        model, tokenizer, _ = load_model(args.model)
     else:
         from transformers import AutoTokenizer
 

