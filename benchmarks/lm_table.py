@@ -1,4 +1,5 @@
-"""Regenerate docs/results_lm.md: SmolLM2-135M-Instruct perplexity after quantization.
+"""Regenerate docs/results_lm.md (SmolLM2-135M-Instruct) or docs/results_lm_gemma3.md (Gemma-3-270M):
+perplexity after quantization.
 
 A row is (setting, algorithm, x_mode). x_mode is the meaning of X, the float target that GPFQ, GPTAQ and
 Qronos fit (float: the true float model; block: the float block applied to the quantized stream, as
@@ -6,7 +7,7 @@ Brevitas does); RTN and OPTQ do not use X, so their rows have no x_mode.
 
 Each row runs in its own subprocess (so its peak RSS is its own): load the fp32 model, apply the
 transforms, quantize block by block, evaluate perplexity on the evaluation windows of the documented
-Wikipedia split (adapters/torch/data.py). Finished rows are stored in docs/results_lm.json; a run skips
+Wikipedia split (adapters/torch/data.py). Finished rows are stored in the table's .json; a run skips
 the selected rows already stored there (a failed row is run again; --rerun runs them anyway) and, after
 every row, rebuilds the table from all stored rows (temp + rename, under a file lock), so an interrupted
 run keeps what it finished and runs started side by side (say one per core) keep each other's rows.
@@ -14,6 +15,7 @@ run keeps what it finished and runs started side by side (say one per core) keep
     python benchmarks/lm_table.py --calib-windows 16 --eval-windows 20            # every missing row
     python benchmarks/lm_table.py --calib-windows 16 --eval-windows 20 \\
         --only "W3 g128 asym" --algorithms qronos --x-modes block --threads 1     # one row
+    python benchmarks/lm_table.py --model gemma3-270m --calib-windows 16 --eval-windows 20 --threads 1
 """
 
 from __future__ import annotations
@@ -28,13 +30,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-TABLE = ROOT / "docs" / "results_lm.md"
-RESULTS = TABLE.with_suffix(".json")
 
 FLOAT = "float"
 SETTINGS = {
@@ -51,19 +52,59 @@ X_MODES = ("float", "block")
 WINDOW_KEYS = ("calib_windows", "eval_windows", "seq_len")
 
 
-def all_rows() -> list[tuple[str, str, str | None]]:
-    """Every (setting, algorithm, x_mode), in table order; x_mode is None where X is not used."""
+@dataclass(frozen=True)
+class Model:
+    """A packaged model (adapters/torch/data.py name), its table and the settings it supports."""
+
+    name: str
+    title: str
+    table_name: str
+    description: str
+    settings: tuple[str, ...]
+
+    @property
+    def table(self) -> Path:
+        return ROOT / "docs" / f"{self.table_name}.md"
+
+    @property
+    def results(self) -> Path:
+        return self.table.with_suffix(".json")
+
+
+DEFAULT_MODEL = "smollm2"
+MODELS = {model.name: model for model in (
+    Model(
+        DEFAULT_MODEL, "SmolLM2-135M-Instruct", "results_lm",
+        "SmolLM2-135M-Instruct (packaged GGUF, dequantized to fp32). All 210 linears of the 30 decoder blocks "
+        "quantized; embeddings and lm_head stay float. W4 asymmetric g32 is lossless for this model (its GGUF "
+        "grid) and is therefore not used.",
+        tuple(SETTINGS),
+    ),
+    Model(
+        "gemma3-270m", "Gemma-3-270M", "results_lm_gemma3",
+        "Gemma-3-270M base (packaged Q4_K_M GGUF, dequantized to fp32; 18 blocks alternating sliding-window and "
+        "global attention, hidden 640). All 126 linears of the decoder blocks quantized; embeddings and the "
+        "tied lm_head (vocabulary 262,144: 63% of the parameters) stay float. Every window starts with BOS "
+        "(511 text tokens). Weight-only settings only: Gemma's norms on the residual branches do not commute "
+        "with the QuaRot rotation, which refuses these blocks.",
+        ("W4 per-channel asym", "W3 g128 asym"),
+    ),
+)}
+
+
+def all_rows(model: Model) -> list[tuple[str, str, str | None]]:
+    """Every (setting, algorithm, x_mode) of the model's table, in order; x_mode is None where X is unused."""
     rows = [(FLOAT, FLOAT, None)]
-    for setting in SETTINGS:
+    for setting in model.settings:
         for algorithm in ALGORITHMS:
             x_modes = X_MODES if algorithm in USES_X else (None,)
             rows += [(setting, algorithm, x_mode) for x_mode in x_modes]
     return rows
 
 
-def selected_rows(settings: list[str], algorithms: list[str], x_modes: list[str]) -> list[tuple]:
+def selected_rows(model: Model, settings: list[str], algorithms: list[str], x_modes: list[str]) -> list[tuple]:
     return [
-        (setting, algorithm, x_mode) for setting, algorithm, x_mode in all_rows()
+        (setting, algorithm, x_mode) for setting, algorithm, x_mode in all_rows(model)
         if setting in settings and algorithm in algorithms and (x_mode is None or x_mode in x_modes)
     ]
 
@@ -72,7 +113,7 @@ def row_key(row: dict) -> tuple:
     return row["setting"], row["algorithm"], row["x_mode"]
 
 
-def run_one(setting: str, algorithm: str, x_mode: str | None, windows_file: Path) -> dict:
+def run_one(model_name: str, setting: str, algorithm: str, x_mode: str | None, windows_file: Path) -> dict:
     """Quantize (unless float) and evaluate one configuration in this process."""
     from qronos_linalg.adapters.torch import QuantConfig, perplexity, quantize_causal_lm
     from qronos_linalg.adapters.torch.data import load_model
@@ -80,7 +121,7 @@ def run_one(setting: str, algorithm: str, x_mode: str | None, windows_file: Path
 
     torch.manual_seed(0)
     windows = torch.load(windows_file)
-    model, _tokenizer, _folder = load_model("smollm2")
+    model, _tokenizer, _folder = load_model(model_name)
     quant_time = 0.0
     if algorithm != FLOAT:
         options = dict(SETTINGS[setting])
@@ -102,9 +143,10 @@ def run_one(setting: str, algorithm: str, x_mode: str | None, windows_file: Path
     }
 
 
-def run_child(setting: str, algorithm: str, x_mode: str | None, windows_file: Path, threads: int) -> dict:
+def run_child(model_name: str, setting: str, algorithm: str, x_mode: str | None, windows_file: Path,
+              threads: int) -> dict:
     """run_one in a subprocess; a crash becomes a row with an ``error`` instead of a perplexity."""
-    command = [sys.executable, __file__, "--threads", str(threads),
+    command = [sys.executable, __file__, "--model", model_name, "--threads", str(threads),
                "--one", setting, algorithm, x_mode or "-", str(windows_file)]
     child = subprocess.run(command, capture_output=True, text=True)
     if child.returncode == 0:
@@ -114,14 +156,14 @@ def run_child(setting: str, algorithm: str, x_mode: str | None, windows_file: Pa
     return {"setting": setting, "algorithm": algorithm, "x_mode": x_mode, "error": reason, "threads": threads}
 
 
-def load_results(windows: dict) -> list[dict]:
+def load_results(model: Model, windows: dict) -> list[dict]:
     """Rows stored by earlier runs with the same windows (none if there is no results file)."""
-    if not RESULTS.exists():
+    if not model.results.exists():
         return []
-    stored = json.loads(RESULTS.read_text())
+    stored = json.loads(model.results.read_text())
     stored_windows = {key: stored[key] for key in WINDOW_KEYS}
     if stored_windows != windows:
-        raise SystemExit(f"{RESULTS} holds rows for {stored_windows}, not {windows}; "
+        raise SystemExit(f"{model.results} holds rows for {stored_windows}, not {windows}; "
                          "use the same options or move the file away to start a new table")
     return stored["rows"]
 
@@ -132,36 +174,36 @@ def replace_file(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
-def store_row(row: dict, windows: dict) -> None:
+def store_row(model: Model, row: dict, windows: dict) -> None:
     """Add (or replace) one row in the results file, under a lock so that concurrent runs keep each
     other's rows, and rebuild the table."""
-    with open(RESULTS.with_name(f".{RESULTS.name}.lock"), "w") as lock:
+    with open(model.results.with_name(f".{model.results.name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        stored = load_results(windows)
-        save([old for old in stored if row_key(old) != row_key(row)] + [row], windows)
+        stored = load_results(model, windows)
+        save(model, [old for old in stored if row_key(old) != row_key(row)] + [row], windows)
 
 
-def save(rows: list[dict], windows: dict) -> None:
+def save(model: Model, rows: list[dict], windows: dict) -> None:
     """Store the rows (table order) and rebuild the table from them."""
-    order = {key: index for index, key in enumerate(all_rows())}
+    order = {key: index for index, key in enumerate(all_rows(model))}
     rows = sorted(rows, key=lambda row: order[row_key(row)])
-    replace_file(RESULTS, json.dumps({**windows, "rows": rows}, indent=1, ensure_ascii=False) + "\n")
-    replace_file(TABLE, table(rows, windows))
+    replace_file(model.results, json.dumps({**windows, "rows": rows}, indent=1, ensure_ascii=False) + "\n")
+    replace_file(model.table, table(model, rows, windows))
 
 
-def table(rows: list[dict], windows: dict) -> str:
+def table(model: Model, rows: list[dict], windows: dict) -> str:
+    model_option = "" if model.name == DEFAULT_MODEL else f"--model {model.name} "
     lines = [
-        "# SmolLM2-135M-Instruct: perplexity after quantization",
+        f"# {model.title}: perplexity after quantization",
         "",
-        f"Generated by `benchmarks/lm_table.py` from the rows stored in `{RESULTS.name}`; do not edit by hand. "
-        "A run adds the rows it selects that are not stored yet; every row of this table is rerun by "
-        f"moving `{RESULTS.name}` away and running",
+        f"Generated by `benchmarks/lm_table.py` from the rows stored in `{model.results.name}`; do not edit by "
+        "hand. A run adds the rows it selects that are not stored yet; every row of this table is rerun by "
+        f"moving `{model.results.name}` away and running",
         "",
-        f"    python benchmarks/lm_table.py --calib-windows {windows['calib_windows']} "
+        f"    python benchmarks/lm_table.py {model_option}--calib-windows {windows['calib_windows']} "
         f"--eval-windows {windows['eval_windows']} --seq-len {windows['seq_len']} --threads 1",
         "",
-        "- Model: SmolLM2-135M-Instruct (packaged GGUF, dequantized to fp32). All 210 linears of the 30 "
-        "decoder blocks quantized; embeddings and lm_head stay float.",
+        f"- Model: {model.description}",
         f"- Calibration: {windows['calib_windows']} windows × {windows['seq_len']} tokens from the calibration "
         f"articles; evaluation: the first {windows['eval_windows']} non-overlapping {windows['seq_len']}-token "
         "windows of the evaluation articles (gensim Wikipedia sample; article i is calibration iff i % 4 == 0).",
@@ -174,7 +216,6 @@ def table(rows: list[dict], windows: dict) -> str:
         f"- Times on {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}) shared with "
         f"other jobs, torch {torch.__version__}, with the row's torch threads; peak memory = peak RSS of the "
         "row's process.",
-        "- W4 asymmetric g32 is lossless for this model (its GGUF grid) and is therefore not used.",
         "",
         "| setting | algorithm | X | perplexity | quantization time (s) | threads | peak RSS (MiB) |",
         "|---|---|---|---:|---:|---:|---:|",
@@ -217,27 +258,34 @@ def main() -> int:
                         help="run the selected rows even if they are stored (the new result replaces the old)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="torch threads of each row (default: torch's, which follows OMP_NUM_THREADS)")
+    parser.add_argument("--model", choices=list(MODELS), default=DEFAULT_MODEL,
+                        help="packaged model (default: smollm2); its table lists the settings it supports")
     parser.add_argument("--one", nargs=4, metavar=("SETTING", "ALGORITHM", "X_MODE", "WINDOWS_FILE"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:
         setting, algorithm, x_mode, windows_file = args.one
-        print(json.dumps(run_one(setting, algorithm, None if x_mode == "-" else x_mode, Path(windows_file))))
+        row = run_one(args.model, setting, algorithm, None if x_mode == "-" else x_mode, Path(windows_file))
+        print(json.dumps(row))
         return 0
 
+    model = MODELS[args.model]
+    unsupported = sorted(set(args.only or []) - {FLOAT, *model.settings})
+    if unsupported:
+        parser.error(f"{model.title} does not support {unsupported}; its settings: {list(model.settings)}")
     windows = {key: getattr(args, key) for key in WINDOW_KEYS}
-    stored = load_results(windows)
+    stored = load_results(model, windows)
     done = {row_key(row) for row in stored if "error" not in row}
-    todo = [row for row in selected_rows(args.only or list(settings), args.algorithms, args.x_modes)
+    todo = [row for row in selected_rows(model, args.only or [FLOAT, *model.settings], args.algorithms, args.x_modes)
             if args.rerun or row not in done]
     print(f"{len(todo)} row(s) to run, {len(done)} stored", flush=True)
     if not todo:
-        save(stored, windows)
+        save(model, stored, windows)
         return 0
     from qronos_linalg.adapters.torch.data import load_model, text_windows
 
-    _model, tokenizer, _folder = load_model("smollm2")
+    _model, tokenizer, _folder = load_model(model.name)
     token_windows = {
         "calibration": text_windows(tokenizer, "calibration", args.seq_len, args.calib_windows),
         "evaluation": text_windows(tokenizer, "evaluation", args.seq_len, args.eval_windows),
@@ -246,9 +294,9 @@ def main() -> int:
         windows_file = Path(scratch) / "windows.pt"
         torch.save(token_windows, windows_file)
         for setting, algorithm, x_mode in todo:
-            row = run_child(setting, algorithm, x_mode, windows_file, args.threads)
+            row = run_child(model.name, setting, algorithm, x_mode, windows_file, args.threads)
             print(json.dumps(row, ensure_ascii=False), flush=True)
-            store_row(row, windows)
+            store_row(model, row, windows)
     return 0
 
 

@@ -1,7 +1,6 @@
 """Token windows of the LM evaluation: cutting, BOS-prefixed windows, BOS detection, bad input."""
 
 import pytest
-import torch
 from hypothesis import given, settings, strategies as st
 
 pytest.importorskip("transformers")
