@@ -35,10 +35,15 @@ class LayerStats:
             raise ValueError(
                 f"{label} must have shape (..., {self.in_features}){self._where()}, got {tuple(X.shape)}"
             )
-        X = xp.cast(X.reshape(-1, self.in_features), self.dtype)
-        if not xp.all_finite(X):
-            raise ValueError(f"{label} contains non-finite values (NaN or inf){self._where()}")
-        return X
+        return xp.cast(X.reshape(-1, self.in_features), self.dtype)
+
+    def _check_finite(self, gram, label: str) -> None:
+        """``diag(XᵀX)_i = Σ_s X_si²`` is finite iff column i of X is (short of squares overflowing), so the
+        Gram diagonal checks X at O(in_features) cost instead of a pass over the samples."""
+        xp = backend_of(gram)
+        if not xp.all_finite(xp.diag(gram)):
+            raise ValueError(f"{label} contains non-finite values (NaN or inf, or so large that their squares "
+                             f"overflow {self.dtype}){self._where()}")
 
     def update(self, X, X_tilde=None) -> None:
         """Add a batch: ``H += X̃ᵀX̃``, ``G += X̃ᵀX``, ``H_float += XᵀX`` (``X_tilde`` defaults to ``X``)."""
@@ -55,21 +60,24 @@ class LayerStats:
             Xt = self._as_samples(X_tilde, "X_tilde")
             if type(Xt) is not type(X):
                 raise TypeError(f"X and X_tilde must be the same array type{self._where()}")
+        if self._H is not None and backend_of(self._H) is not xp:
+            raise TypeError(f"LayerStats{self._where()} was started with {backend_of(self._H).name} arrays")
+        float_gram = X.T @ X
+        self._check_finite(float_gram, "X")
+        if X_tilde is None:
+            tilde_gram = cross_gram = float_gram
+        else:
+            tilde_gram = Xt.T @ Xt
+            self._check_finite(tilde_gram, "X_tilde")
+            cross_gram = Xt.T @ X
         if self._H is None:
             n = self.in_features
             self._H = xp.zeros((n, n), self.dtype, like=X)
             self._G = xp.zeros((n, n), self.dtype, like=X)
             self._H_float = xp.zeros((n, n), self.dtype, like=X)
-        elif backend_of(self._H) is not xp:
-            raise TypeError(f"LayerStats{self._where()} was started with {backend_of(self._H).name} arrays")
-        float_gram = X.T @ X
         self._H_float += float_gram
-        if X_tilde is None:
-            self._H += float_gram
-            self._G += float_gram
-        else:
-            self._H += Xt.T @ Xt
-            self._G += Xt.T @ X
+        self._H += tilde_gram
+        self._G += cross_gram
         self.count += X.shape[0]
 
     def _require(self, M):

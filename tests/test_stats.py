@@ -52,6 +52,25 @@ def test_output_error_equals_direct_frobenius_norm(seed):
     assert output_error(W, Q, stats.H, stats.G, stats.H_float) == pytest.approx(direct, rel=1e-9)
 
 
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), bad=st.sampled_from([np.nan, np.inf, -np.inf]), in_tilde=st.booleans(),
+       dtype=st.sampled_from(["float32", "float64"]))
+def test_a_non_finite_input_is_named_and_leaves_the_statistics_unchanged(seed, bad, in_tilde, dtype):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((30, 5))
+    stats = LayerStats(5, dtype=dtype, name="layer.7")
+    stats.update(X, X + 0.1)
+    before = (stats.H.copy(), stats.G.copy(), stats.H_float.copy(), stats.count)
+    X_bad, X_tilde = X.copy(), X + 0.2
+    target = X_tilde if in_tilde else X_bad
+    target[rng.integers(30), rng.integers(5)] = bad
+    with np.errstate(invalid="ignore", over="ignore"):
+        with pytest.raises(ValueError, match=("X_tilde" if in_tilde else "X") + " contains non-finite.*layer.7"):
+            stats.update(X_bad, X_tilde)
+    for kept, now in zip(before, (stats.H, stats.G, stats.H_float, stats.count)):
+        np.testing.assert_array_equal(now, kept)
+
+
 def test_bad_updates_name_the_layer():
     stats = LayerStats(4, name="blocks.0.mlp")
     with pytest.raises(ValueError, match=r"shape \(\.\.\., 4\) for layer 'blocks.0.mlp'"):

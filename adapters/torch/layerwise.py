@@ -195,10 +195,12 @@ def capture_inputs(block: nn.Module, layer_names: list[str], run) -> dict[str, t
     return captured
 
 
-def _relative_error(W, Q, stats) -> float:
-    reference = output_error(W, torch.zeros_like(W), stats.H, stats.G, stats.H_float)
-    error = output_error(W, Q, stats.H, stats.G, stats.H_float)
-    return math.sqrt(error / reference) if reference > 0 else 0.0
+def _relative_errors(W, candidates, H, G, H_float) -> list[float]:
+    """``sqrt(‖XWᵀ − X̃Qᵀ‖² / ‖XWᵀ‖²)`` for each Q, with ``‖XWᵀ‖² = tr(W H_float Wᵀ)`` computed once."""
+    reference = float(((W @ H_float) * W).sum())
+    if not reference > 0:
+        return [0.0 for _ in candidates]
+    return [math.sqrt(output_error(W, Q, H, G, H_float) / reference) for Q in candidates]
 
 
 def _input_gap(stats) -> float:
@@ -248,6 +250,9 @@ def solve_layer(W: torch.Tensor, stats: LayerStats, config: QuantConfig, *, name
     else:
         result = qronos(target, H, G, grid, **damp_kwargs, **common)
     elapsed = time.perf_counter() - start
+    rtn_weight = result.weight if config.algorithm == "rtn" else rtn(target, grid).weight
+    rel_error_rtn, rel_error = _relative_errors(W, [rtn_weight, result.weight], H, G,
+                                                stats.H_float.to(torch.float64))
     report = {
         "name": name or stats.name,
         "shape": list(W.shape),
@@ -257,8 +262,8 @@ def solve_layer(W: torch.Tensor, stats: LayerStats, config: QuantConfig, *, name
         "samples": stats.count,
         "damp": result.damp,
         "input_gap": _input_gap(stats),
-        "rel_error_rtn": _relative_error(W, rtn(target, grid).weight, stats),
-        "rel_error": _relative_error(W, result.weight, stats),
+        "rel_error_rtn": rel_error_rtn,
+        "rel_error": rel_error,
         "time_s": elapsed,
     }
     return result, report
