@@ -220,14 +220,25 @@ def table(model: Model, rows: list[dict], windows: dict) -> str:
         "| setting | algorithm | X | perplexity | quantization time (s) | threads | peak RSS (MiB) |",
         "|---|---|---|---:|---:|---:|---:|",
     ]
+    notes = []
     for row in rows:
         head = f"| {row['setting']} | {row['algorithm']} | {row['x_mode'] or '—'} |"
         if "error" in row:
             reason = row["error"].replace("|", r"\|")
             lines.append(f"{head} failed: {reason} | | {row['threads']} | |")
-        else:
-            lines.append(f"{head} {row['perplexity']:.2f} | {row['quantization_time_s']:.0f} | "
-                         f"{row['threads']} | {row['peak_rss_mib']:.0f} |")
+            continue
+        marker = ""
+        if "note" in row:  # a remark stored with the row, e.g. on how it was measured
+            notes.append(row["note"])
+            marker = f" ({len(notes)})"
+        lines.append(f"{head} {row['perplexity']:.2f} | {row['quantization_time_s']:.0f}{marker} | "
+                     f"{row['threads']} | {row['peak_rss_mib']:.0f} |")
+    lines += [""] + [f"({index}) {note}" for index, note in enumerate(notes, 1)] if notes else []
+    missing = [row for row in all_rows(model) if row not in {row_key(stored) for stored in rows}]
+    if missing:
+        lines += ["", "Not measured yet: " + "; ".join(
+            f"{setting} {algorithm}" + (f" (X {x_mode})" if x_mode else "") for setting, algorithm, x_mode in missing
+        ) + "."]
     return "\n".join(lines) + "\n"
 
 
