@@ -193,6 +193,12 @@ def save(model: Model, rows: list[dict], windows: dict) -> None:
 
 def table(model: Model, rows: list[dict], windows: dict) -> str:
     model_option = "" if model.name == DEFAULT_MODEL else f"--model {model.name} "
+    transformed = any("act_bits" in SETTINGS[name] or "hadamard" in SETTINGS[name] for name in model.settings)
+    transform_notes = [
+        "- A8 rows fake-quantize the input of every quantized linear per token (dynamic asymmetric 8-bit); "
+        "weight-only rows quantize no activations. Hadamard rows rotate the model first (seed 0); "
+        "the rotation is included in the quantization time."
+    ] if transformed else []
     lines = [
         f"# {model.title}: perplexity after quantization",
         "",
@@ -210,9 +216,7 @@ def table(model: Model, rows: list[dict], windows: dict) -> str:
         "- X (GPFQ, GPTAQ, Qronos only): `float` = the true float model; `block` = the float block applied "
         "to the quantized stream (Brevitas' definition). X̃ from the partially quantized model. Grids "
         "asymmetric min-max fitted before rounding; solver default damping (OPTQ, GPTAQ, Qronos: 0.01).",
-        "- A8 rows fake-quantize the input of every quantized linear per token (dynamic asymmetric 8-bit); "
-        "weight-only rows quantize no activations. Hadamard rows rotate the model first (seed 0); "
-        "the rotation is included in the quantization time.",
+        *transform_notes,
         f"- Times on {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}) shared with "
         f"other jobs, torch {torch.__version__}, with the row's torch threads; peak memory = peak RSS of the "
         "row's process.",
