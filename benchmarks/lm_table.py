@@ -44,6 +44,7 @@ SETTINGS = {
     "W2 g64 + Hadamard + MagR + β=0.8": {"bits": 2, "group_size": 64, "hadamard": True, "magr_alpha": 0.001,
                                          "shrink": 0.8},
     "W4A8 per-channel + Hadamard": {"bits": 4, "act_bits": 8, "hadamard": True},
+    "W4A4 per-channel + Hadamard": {"bits": 4, "act_bits": 4, "hadamard": True},
 }
 ALGORITHMS = ("rtn", "optq", "gpfq", "gptaq", "qronos")
 USES_X = ("gpfq", "gptaq", "qronos")
@@ -195,7 +196,8 @@ def table(model: Model, rows: list[dict], windows: dict) -> str:
     model_option = "" if model.name == DEFAULT_MODEL else f"--model {model.name} "
     transformed = any("act_bits" in SETTINGS[name] or "hadamard" in SETTINGS[name] for name in model.settings)
     transform_notes = [
-        "- A8 rows fake-quantize the input of every quantized linear per token (dynamic asymmetric 8-bit); "
+        "- A8 / A4 rows fake-quantize the input of every quantized linear per token (dynamic asymmetric "
+        "8 / 4-bit), in calibration (X̃) and evaluation; "
         "weight-only rows quantize no activations. Hadamard rows rotate the model first (seed 0); "
         "the rotation is included in the quantization time."
     ] if transformed else []
