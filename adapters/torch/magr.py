@@ -22,9 +22,14 @@ DEFAULT_MAGR_STEPS = 200
 
 def prox_linf(U: torch.Tensor, tau: float) -> torch.Tensor:
     """Row-wise ``argmin_v ½‖v − u‖² + τ‖v‖_∞``: u clipped to ``[−t, t]`` (see :func:`linf_clip_level`)."""
+    return _prox_linf_from(U, tau, torch.zeros(U.shape[0], 1, dtype=U.dtype, device=U.device))[0]
+
+
+def _prox_linf_from(U: torch.Tensor, tau: float, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prox, clip level) with the level's Newton iteration started at ``start``."""
     magnitudes = U.abs()
-    level = linf_clip_level(magnitudes, tau, torch.zeros(U.shape[0], 1, dtype=U.dtype, device=U.device))
-    return torch.sign(U) * torch.minimum(magnitudes, level)
+    level = linf_clip_level(magnitudes, tau, start)
+    return torch.sign(U) * torch.minimum(magnitudes, level), level
 
 
 def linf_clip_level(magnitudes: torch.Tensor, tau: float, start: torch.Tensor) -> torch.Tensor:
@@ -80,8 +85,5 @@ def magr(W: torch.Tensor, H: torch.Tensor, alpha: float, *, steps: int = DEFAULT
     V = W.clone()
     level = torch.zeros(W.shape[0], 1, dtype=W.dtype, device=W.device)
     for _ in range(steps):
-        U = V - step * ((V - W) @ H)
-        magnitudes = U.abs()
-        level = linf_clip_level(magnitudes, tau, start=level)
-        V = torch.sign(U) * torch.minimum(magnitudes, level)
+        V, level = _prox_linf_from(V - step * ((V - W) @ H), tau, level)
     return V
