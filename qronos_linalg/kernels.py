@@ -18,6 +18,8 @@ vectorised over rows with torch operations.
 
 from __future__ import annotations
 
+import contextlib
+
 import numba
 import numpy as np
 
@@ -84,6 +86,10 @@ def round_block(V, U, scale, zero, qmin: int, qmax: int, codes, E, *, pre=None, 
         V, U, scale, zero, codes, E, pre, offset, P = (
             None if t is None else t.numpy() for t in (V, U, scale, zero, codes, E, pre, offset, P)
         )
+        with _torch_thread_count():
+            round_block(V, U, scale, zero, qmin, qmax, codes, E, pre=pre, offset=offset, P=P,
+                        propagate_rounded=propagate_rounded)
+        return
     if isinstance(V, np.ndarray):
         # The kernel is compiled for C-contiguous arrays only (strided views stop SIMD: ~4× slower), so
         # views are copied in, and the outputs written to contiguous buffers and copied back.
@@ -103,6 +109,27 @@ def round_block(V, U, scale, zero, qmin: int, qmax: int, codes, E, *, pre=None, 
             pre[...] = outputs[2]
         return
     _round_block_torch(V, U, scale, zero, qmin, qmax, codes, E, pre, offset, P, propagate_rounded)
+
+
+@contextlib.contextmanager
+def _torch_thread_count():
+    """Run the Numba kernel for torch tensors with torch's thread count, and keep that count.
+
+    With Numba's OpenMP threading layer, the first parallel launch in a process sets the OpenMP thread
+    count, which torch's CPU ops share, to Numba's (all cores): a caller's ``torch.set_num_threads(1)``
+    was silently undone by the first solver call. The kernel uses ``min(torch's, Numba's)`` threads here,
+    and torch's count (and Numba's) are put back afterwards.
+    """
+    import torch
+
+    torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
+    numba.set_num_threads(min(torch_threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(numba_threads)
+        if torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
 
 
 def _round_block_torch(V, U, scale, zero, qmin, qmax, codes, E, pre, offset, P, propagate_rounded):

@@ -95,3 +95,32 @@ def test_torch_device_loop_equals_the_numba_kernel(out, width, kind, seed):
     for got, expected in zip(outputs["torch"], outputs["numba"]):
         if expected is not None:
             np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+THREAD_CHECK = """
+import torch
+torch.set_num_threads(1)
+from qronos_linalg import UniformGrid, gpfq, optq
+generator = torch.Generator().manual_seed(0)
+X = torch.randn(256, 64, generator=generator)
+W = torch.randn(32, 64, generator=generator)
+H = X.T @ X
+grid = UniformGrid.fit(W, 4)
+optq(W, H, grid)
+gpfq(W, H, H, grid)
+print(torch.get_num_threads())
+"""
+
+
+def test_solvers_on_torch_tensors_keep_the_callers_torch_thread_count():
+    """Numba's OpenMP layer resets the OpenMP thread count torch shares on its first launch in a
+    process; run in a fresh interpreter so that launch happens inside the solver."""
+    import os
+    import subprocess
+    import sys
+
+    environment = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}
+    environment["NUMBA_NUM_THREADS"] = "2"  # more than the caller's 1 even on a one-core machine
+    child = subprocess.run([sys.executable, "-c", THREAD_CHECK], capture_output=True, text=True, env=environment,
+                           check=True)
+    assert child.stdout.strip().splitlines()[-1] == "1"
