@@ -45,8 +45,13 @@ SETTINGS = {
                                          "shrink": 0.8},
     "W4A8 per-channel + Hadamard": {"bits": 4, "act_bits": 8, "hadamard": True},
     "W4A4 per-channel + Hadamard": {"bits": 4, "act_bits": 4, "hadamard": True},
+    # The same settings with ten times the default damping, for the damped solvers only (RTN and GPFQ
+    # have no damping): Qronos' first-step re-fit over-fits 16 calibration windows at damp 0.01.
+    "W3 g128 asym, damp 0.1": {"bits": 3, "group_size": 128, "damp": 0.1},
+    "W4A4 per-channel + Hadamard, damp 0.1": {"bits": 4, "act_bits": 4, "hadamard": True, "damp": 0.1},
 }
 ALGORITHMS = ("rtn", "optq", "gpfq", "gptaq", "qronos")
+DAMPED = ("optq", "gptaq", "qronos")
 USES_X = ("gpfq", "gptaq", "qronos")
 X_MODES = ("float", "block")
 #: Keys of the windows that make stored rows comparable; a results file with other values is refused.
@@ -97,7 +102,7 @@ def all_rows(model: Model) -> list[tuple[str, str, str | None]]:
     """Every (setting, algorithm, x_mode) of the model's table, in order; x_mode is None where X is unused."""
     rows = [(FLOAT, FLOAT, None)]
     for setting in model.settings:
-        for algorithm in ALGORITHMS:
+        for algorithm in DAMPED if "damp" in SETTINGS[setting] else ALGORITHMS:
             x_modes = X_MODES if algorithm in USES_X else (None,)
             rows += [(setting, algorithm, x_mode) for x_mode in x_modes]
     return rows
@@ -217,7 +222,8 @@ def table(model: Model, rows: list[dict], windows: dict) -> str:
         "windows of the evaluation articles (gensim Wikipedia sample; article i is calibration iff i % 4 == 0).",
         "- X (GPFQ, GPTAQ, Qronos only): `float` = the true float model; `block` = the float block applied "
         "to the quantized stream (Brevitas' definition). X̃ from the partially quantized model. Grids "
-        "asymmetric min-max fitted before rounding; solver default damping (OPTQ, GPTAQ, Qronos: 0.01).",
+        "asymmetric min-max fitted before rounding; damping (OPTQ, GPTAQ, Qronos) 0.01, the solvers' default, "
+        "unless the setting names another (such settings have rows for the damped solvers only).",
         *transform_notes,
         f"- Times on {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}) shared with "
         f"other jobs, torch {torch.__version__}, with the row's torch threads; peak memory = peak RSS of the "
