@@ -20,6 +20,7 @@ import onnx
 import onnxruntime as ort
 
 from qronos_linalg.adapters.onnx import minilm, quantize_onnx, save_model
+from qronos_linalg.io import write_text_atomic
 
 ALGORITHMS = ("rtn", "optq", "gpfq", "gptaq", "qronos")
 BITS, GROUP = 4, 32
@@ -119,9 +120,7 @@ def write_results(results: dict, baseline: dict, float_row: dict, depth: list, c
               "1536-wide FFN layers). Timings come from a shared 2-core machine and vary by about ±30 % between runs.",
               "", "Most of the file is the float word-embedding table (Gather, 30522 × 384, 47 MB), which stays float."]
     text = "\n".join(lines) + "\n"
-    temporary = RESULTS.with_suffix(".tmp")
-    temporary.write_text(text)
-    temporary.replace(RESULTS)
+    write_text_atomic(RESULTS, text, overwrite=True)
     return text
 
 

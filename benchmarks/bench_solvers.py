@@ -21,6 +21,7 @@ import tracemalloc
 import numpy as np
 
 from qronos_linalg import LayerStats, UniformGrid, gpfq, gptaq, optq, qronos, rtn
+from qronos_linalg.io import write_text_atomic
 from qronos_linalg.naive import gpfq_naive, optq_naive, qronos_naive
 
 BITS = 4
@@ -188,10 +189,7 @@ def main(argv=None):
         out("\n## Direct (from data) vs efficient (from statistics), float64, NumPy\n")
         direct_table(args.direct_sizes, out)
     if args.output:
-        tmp = args.output + ".tmp"
-        with open(tmp, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        os.replace(tmp, args.output)
+        write_text_atomic(args.output, "\n".join(lines) + "\n", overwrite=True)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,11 @@ from __future__ import annotations
 import numpy as np
 from scipy.linalg import blas, lapack
 
+from . import kernels
+
 FLOAT_DTYPES = ("float32", "float64")
+#: Floating dtypes that are computed in float32 and returned in their own dtype.
+HALF_DTYPES = ("float16", "bfloat16")
 
 
 def _is_torch(x) -> bool:
@@ -22,12 +26,26 @@ def dtype_name(x) -> str:
     return str(x.dtype).replace("torch.", "")
 
 
+def compute_dtype(x) -> str:
+    """The one compute-dtype rule: float32 and float64 arrays are computed in their own dtype, everything
+    else (float16, bfloat16, integers) in float32."""
+    name = dtype_name(x)
+    return name if name in FLOAT_DTYPES else "float32"
+
+
+def result_dtype(x) -> str:
+    """The dtype results are returned in: the input's own if floating, else the compute dtype (integer
+    weights would truncate the dequantized values)."""
+    name = dtype_name(x)
+    return name if name in FLOAT_DTYPES + HALF_DTYPES else compute_dtype(x)
+
+
 class NumpyBackend:
     name = "numpy"
 
     def asarray(self, x, dtype: str, like=None):
         if _is_torch(x):
-            x = x.detach().cpu().numpy()
+            x = x.detach().cpu().float().numpy() if dtype_name(x) == "bfloat16" else x.detach().cpu().numpy()
         return np.asarray(x, dtype=dtype)
 
     def copy(self, x):
@@ -36,14 +54,14 @@ class NumpyBackend:
     def zeros(self, shape, dtype: str, like=None):
         return np.zeros(shape, dtype=dtype)
 
-    def eye(self, n, dtype: str, like=None):
-        return np.eye(n, dtype=dtype)
-
     def arange(self, n, like=None):
         return np.arange(n)
 
     def diag(self, A):
         return np.diagonal(A).copy()
+
+    def trace(self, A) -> float:
+        return float(np.trace(A))
 
     def take_columns(self, A, index):
         """``A[:, index]`` (np.take: ~10× faster than fancy indexing for wide gathers)."""
@@ -58,11 +76,24 @@ class NumpyBackend:
     def abs(self, x):
         return np.abs(x)
 
-    def amax(self, x, axis):
-        return np.max(x, axis=axis)
+    def amax(self, x, axis, keepdims=False):
+        return np.max(x, axis=axis, keepdims=keepdims)
 
-    def amin(self, x, axis):
-        return np.min(x, axis=axis)
+    def amin(self, x, axis, keepdims=False):
+        return np.min(x, axis=axis, keepdims=keepdims)
+
+    def sum(self, x, axis, keepdims=False):
+        return np.sum(x, axis=axis, keepdims=keepdims)
+
+    def sign(self, x):
+        return np.sign(x)
+
+    def any(self, x) -> bool:
+        return bool(np.any(x))
+
+    def largest_eigenvalue(self, H) -> float:
+        """λ_max of the symmetric matrix H."""
+        return float(np.linalg.eigvalsh(H)[-1])
 
     def maximum(self, x, y):
         return np.maximum(x, y)
@@ -134,6 +165,10 @@ class NumpyBackend:
         reversal of its flat buffer)."""
         return np.ascontiguousarray(A).reshape(-1)[::-1].reshape(A.shape).copy()
 
+    def round_block(self, *args, **kwargs):
+        """One block of the sequential rounding loop (:mod:`qronos_linalg.kernels`): the Numba kernel."""
+        kernels.round_block_numpy(*args, **kwargs)
+
 
 class TorchBackend:
     name = "torch"
@@ -150,6 +185,8 @@ class TorchBackend:
         device = like.device if like is not None else None
         if isinstance(x, np.ndarray) and not x.flags.writeable:
             x = x.copy()
+        if _is_torch(x):
+            x = x.detach()
         return self.torch.as_tensor(x, dtype=self._dtype(dtype), device=device)
 
     def copy(self, x):
@@ -158,14 +195,14 @@ class TorchBackend:
     def zeros(self, shape, dtype: str, like=None):
         return self.torch.zeros(shape, dtype=self._dtype(dtype), device=like.device)
 
-    def eye(self, n, dtype: str, like=None):
-        return self.torch.eye(n, dtype=self._dtype(dtype), device=like.device)
-
     def arange(self, n, like=None):
         return self.torch.arange(n, device=like.device)
 
     def diag(self, A):
         return self.torch.diagonal(A).clone()
+
+    def trace(self, A) -> float:
+        return float(self.torch.trace(A))
 
     def take_columns(self, A, index):
         """``A[:, index]``."""
@@ -180,11 +217,24 @@ class TorchBackend:
     def abs(self, x):
         return self.torch.abs(x)
 
-    def amax(self, x, axis):
-        return self.torch.amax(x, dim=axis)
+    def amax(self, x, axis, keepdims=False):
+        return self.torch.amax(x, dim=axis, keepdim=keepdims)
 
-    def amin(self, x, axis):
-        return self.torch.amin(x, dim=axis)
+    def amin(self, x, axis, keepdims=False):
+        return self.torch.amin(x, dim=axis, keepdim=keepdims)
+
+    def sum(self, x, axis, keepdims=False):
+        return x.sum(dim=axis, keepdim=keepdims)
+
+    def sign(self, x):
+        return self.torch.sign(x)
+
+    def any(self, x) -> bool:
+        return bool(x.any())
+
+    def largest_eigenvalue(self, H) -> float:
+        """λ_max of the symmetric matrix H."""
+        return float(self.torch.linalg.eigvalsh(H)[-1])
 
     def maximum(self, x, y):
         return self.torch.maximum(x, self.torch.as_tensor(y, dtype=x.dtype, device=x.device))
@@ -217,7 +267,8 @@ class TorchBackend:
         return codes.to(self._dtype(dtype))
 
     def cast(self, x, dtype: str):
-        return x.to(self._dtype(dtype))
+        """x in ``dtype``, detached from autograd (solvers never differentiate)."""
+        return x.detach().to(self._dtype(dtype))
 
     def to_scalar(self, x) -> float:
         return float(x)
@@ -236,6 +287,14 @@ class TorchBackend:
 
     def flip(self, A):
         return self.torch.flip(A, dims=(0, 1)).contiguous()
+
+    def round_block(self, V, *args, **kwargs):
+        """One block of the sequential rounding loop (:mod:`qronos_linalg.kernels`): the Numba kernel on
+        CPU tensors, the torch loop on other devices."""
+        if V.device.type == "cpu":
+            kernels.round_block_torch_cpu(V, *args, **kwargs)
+        else:
+            kernels.round_block_torch(V, *args, **kwargs)
 
 
 NUMPY = NumpyBackend()

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from .backend import FLOAT_DTYPES, backend_of, dtype_name
+from .backend import backend_of, compute_dtype, result_dtype
 
 MIN_BITS = 2
 MAX_BITS = 8
@@ -20,9 +20,28 @@ MSE_MAX_SHRINK = 0.8
 SEARCH_METHODS = ("minmax", "mse")
 
 
-def _check_bits(bits):
+def check_bits(bits) -> None:
+    """ValueError unless ``bits`` is an integer in [MIN_BITS, MAX_BITS]."""
     if not isinstance(bits, int) or isinstance(bits, bool) or not MIN_BITS <= bits <= MAX_BITS:
         raise ValueError(f"bits must be an integer in [{MIN_BITS}, {MAX_BITS}], got {bits!r}")
+
+
+def check_group_size(group_size) -> None:
+    """ValueError unless ``group_size`` is a positive integer or None (per channel)."""
+    if group_size is not None and (not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1):
+        raise ValueError(f"group_size must be a positive integer or None (per channel), got {group_size!r}")
+
+
+def check_shrink(shrink) -> None:
+    """ValueError unless ``shrink`` (β of scaled min-max) is a number in (0, 1]."""
+    if not isinstance(shrink, (int, float)) or isinstance(shrink, bool) or not 0 < shrink <= 1:
+        raise ValueError(f"shrink must be in (0, 1], got {shrink!r}")
+
+
+def check_search(search) -> None:
+    """ValueError unless ``search`` is one of SEARCH_METHODS."""
+    if search not in SEARCH_METHODS:
+        raise ValueError(f"search must be one of {SEARCH_METHODS}, got {search!r}")
 
 
 def n_groups_for(in_features: int, group_size: int | None) -> int:
@@ -39,10 +58,9 @@ class UniformGrid:
     """
 
     def __init__(self, scale, zero, bits: int, *, group_size: int | None = None, narrow_range: bool = False):
-        _check_bits(bits)
+        check_bits(bits)
+        check_group_size(group_size)
         xp = backend_of(scale)
-        if group_size is not None and (not isinstance(group_size, int) or group_size < 1):
-            raise ValueError(f"group_size must be a positive integer or None, got {group_size!r}")
         if tuple(scale.shape) != tuple(zero.shape) or len(scale.shape) != 2:
             raise ValueError(
                 f"scale and zero must both have shape (out_features, n_groups); got {tuple(scale.shape)} "
@@ -50,7 +68,7 @@ class UniformGrid:
             )
         if group_size is None and scale.shape[1] != 1:
             raise ValueError(f"a per-channel grid (group_size=None) needs n_groups = 1, got {scale.shape[1]}")
-        dtype = dtype_name(scale) if dtype_name(scale) in FLOAT_DTYPES else "float64"
+        dtype = compute_dtype(scale)
         scale = xp.copy(xp.asarray(scale, dtype, like=scale))
         zero = xp.copy(xp.asarray(zero, dtype, like=scale))
         if not xp.all_finite(scale) or not bool((scale > 0).all()):
@@ -123,20 +141,20 @@ class UniformGrid:
         """Codes (uint8, out × in) of W: ``clip(round_half_even(W / scale) + zero, qmin, qmax)``."""
         self.check_fits(W)
         xp = backend_of(W)
-        dtype = dtype_name(W) if dtype_name(W) in FLOAT_DTYPES else "float32"
+        dtype = compute_dtype(W)
         scale, zero = self.column_params(W.shape[1], W, dtype)
         return xp.to_codes(quantize_to_codes(xp.cast(W, dtype), scale, zero, self.qmin, self.qmax, xp))
 
     def dequantize(self, codes, dtype: str | None = None):
         """Values ``(code − zero) · scale`` (out × in) in the grid's float dtype unless ``dtype`` is given."""
         xp = backend_of(codes)
-        dtype = dtype or dtype_name(self._scale)
+        dtype = dtype or compute_dtype(self._scale)
         scale, zero = self.column_params(codes.shape[1], codes, dtype)
         return (xp.to_float(codes, dtype) - zero) * scale
 
     def fake_quantize(self, W):
         """``dequantize(quantize(W))`` in W's dtype: plain round-to-nearest on the grid."""
-        return self.dequantize(self.quantize(W), dtype_name(W))
+        return self.dequantize(self.quantize(W), result_dtype(W))
 
     @classmethod
     def fit(
@@ -158,20 +176,17 @@ class UniformGrid:
         min-max"). ``search="mse"`` instead picks, per row and group, the β in
         ``{1, 1 − 0.8/100, …, 0.2}`` (times ``shrink``) minimising ``‖w − Q_β(w)‖²``.
         """
-        _check_bits(bits)
-        if search not in SEARCH_METHODS:
-            raise ValueError(f"search must be one of {SEARCH_METHODS}, got {search!r}")
-        if not 0 < shrink <= 1:
-            raise ValueError(f"shrink must be in (0, 1], got {shrink!r}")
+        check_bits(bits)
+        check_search(search)
+        check_shrink(shrink)
+        check_group_size(group_size)
         xp = backend_of(W)
         if len(W.shape) != 2:
             raise ValueError(f"W must be 2-D (out_features, in_features), got shape {tuple(W.shape)}")
+        dtype = compute_dtype(W)
+        W = xp.cast(W, dtype)
         if not xp.all_finite(W):
             raise ValueError("W contains non-finite values (NaN or inf)")
-        if group_size is not None and (not isinstance(group_size, int) or group_size < 1):
-            raise ValueError(f"group_size must be a positive integer or None, got {group_size!r}")
-        dtype = dtype_name(W) if dtype_name(W) in FLOAT_DTYPES else "float32"
-        W = xp.cast(W, dtype)
         out, n = W.shape
         n_groups = n_groups_for(n, group_size)
         width = n if group_size is None else group_size

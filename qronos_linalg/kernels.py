@@ -9,11 +9,11 @@ For columns i = 0..B−1 of the block, on every row (rows are independent):
     V_{>i}  ← V_{>i} − e_i U_{i,>i} + V_i P_{i,>i}        (P: GPTAQ only; V_i taken before rounding)
 
 It writes the codes, the propagated quantities E and the pre-rounding values into the caller's arrays;
-the caller applies them to later blocks with matrix products. NumPy arrays go to a Numba kernel that
-works on chunks of rows in parallel, each chunk transposed into a small buffer (B × ROW_CHUNK) so that
-both the rounding and the rank-1 updates run over contiguous rows (SIMD). torch tensors on the CPU use
-the same kernel through zero-copy NumPy views of their memory; on other devices the loop runs
-vectorised over rows with torch operations.
+the caller applies them to later blocks with matrix products. The backend picks the implementation
+(``backend.round_block``): NumPy arrays go to a Numba kernel that works on chunks of rows in parallel,
+each chunk transposed into a small buffer (B × ROW_CHUNK) so that both the rounding and the rank-1
+updates run over contiguous rows (SIMD); torch tensors on the CPU use the same kernel through zero-copy
+NumPy views of their memory; on other devices the loop runs vectorised over rows with torch operations.
 """
 
 from __future__ import annotations
@@ -77,42 +77,44 @@ def _round_block_numba(V, U, scale, zero, qmin, qmax, offset, P, use_offset, use
                     pre[lo + r, i] = pre_t[i, r]
 
 
-def round_block(V, U, scale, zero, qmin: int, qmax: int, codes, E, *, pre=None, offset=None, P=None,
-                propagate_rounded=False):
-    """Round one block (see module docstring). Writes the codes, E and (with P) the pre-rounding values
-    into ``codes``, ``E``, ``pre`` (all out × B, may be views); V is scratch, its contents afterwards
-    are unspecified."""
-    if not isinstance(V, np.ndarray) and V.device.type == "cpu":
-        V, U, scale, zero, codes, E, pre, offset, P = (
-            None if t is None else t.numpy() for t in (V, U, scale, zero, codes, E, pre, offset, P)
-        )
-        with _torch_thread_count():
-            round_block(V, U, scale, zero, qmin, qmax, codes, E, pre=pre, offset=offset, P=P,
-                        propagate_rounded=propagate_rounded)
-        return
-    if isinstance(V, np.ndarray):
-        # The kernel is compiled for C-contiguous arrays only (strided views stop SIMD: ~4× slower), so
-        # views are copied in, and the outputs written to contiguous buffers and copied back.
-        dtype = V.dtype
-        dummy = np.zeros((1, 1), dtype=dtype)
-        contiguous = [np.ascontiguousarray(a) for a in (V, U, scale, zero)]
-        outputs = [np.empty(codes.shape, codes.dtype), np.empty(E.shape, dtype),
-                   dummy if pre is None else np.empty(pre.shape, dtype)]
-        _round_block_numba(
-            *contiguous, dtype.type(qmin), dtype.type(qmax),
-            dummy if offset is None else np.ascontiguousarray(offset),
-            dummy if P is None else np.ascontiguousarray(P),
-            offset is not None, P is not None, propagate_rounded, *outputs,
-        )
-        codes[...], E[...] = outputs[0], outputs[1]
-        if pre is not None:
-            pre[...] = outputs[2]
-        return
-    _round_block_torch(V, U, scale, zero, qmin, qmax, codes, E, pre, offset, P, propagate_rounded)
+def round_block_numpy(V, U, scale, zero, qmin: int, qmax: int, codes, E, *, pre=None, offset=None, P=None,
+                      propagate_rounded=False):
+    """Round one block of NumPy arrays with the Numba kernel (see module docstring).
+
+    Writes the codes, E and (with P) the pre-rounding values into ``codes``, ``E``, ``pre`` (all out × B,
+    may be views); V is scratch, its contents afterwards are unspecified. The kernel is compiled for
+    C-contiguous arrays only (strided views stop SIMD: ~4× slower), so views are copied in, and the
+    outputs written to contiguous buffers and copied back.
+    """
+    dtype = V.dtype
+    dummy = np.zeros((1, 1), dtype=dtype)
+    contiguous = [np.ascontiguousarray(a) for a in (V, U, scale, zero)]
+    outputs = [np.empty(codes.shape, codes.dtype), np.empty(E.shape, dtype),
+               dummy if pre is None else np.empty(pre.shape, dtype)]
+    _round_block_numba(
+        *contiguous, dtype.type(qmin), dtype.type(qmax),
+        dummy if offset is None else np.ascontiguousarray(offset),
+        dummy if P is None else np.ascontiguousarray(P),
+        offset is not None, P is not None, propagate_rounded, *outputs,
+    )
+    codes[...], E[...] = outputs[0], outputs[1]
+    if pre is not None:
+        pre[...] = outputs[2]
+
+
+def round_block_torch_cpu(V, U, scale, zero, qmin: int, qmax: int, codes, E, *, pre=None, offset=None, P=None,
+                          propagate_rounded=False):
+    """The Numba kernel on CPU torch tensors, through zero-copy NumPy views, with torch's thread count."""
+    V, U, scale, zero, codes, E, pre, offset, P = (
+        None if t is None else t.numpy() for t in (V, U, scale, zero, codes, E, pre, offset, P)
+    )
+    with torch_thread_count():
+        round_block_numpy(V, U, scale, zero, qmin, qmax, codes, E, pre=pre, offset=offset, P=P,
+                          propagate_rounded=propagate_rounded)
 
 
 @contextlib.contextmanager
-def _torch_thread_count():
+def torch_thread_count():
     """Run the Numba kernel for torch tensors with torch's thread count, and keep that count.
 
     With Numba's OpenMP threading layer, the first parallel launch in a process sets the OpenMP thread
@@ -132,7 +134,9 @@ def _torch_thread_count():
             torch.set_num_threads(torch_threads)
 
 
-def _round_block_torch(V, U, scale, zero, qmin, qmax, codes, E, pre, offset, P, propagate_rounded):
+def round_block_torch(V, U, scale, zero, qmin: int, qmax: int, codes, E, *, pre=None, offset=None, P=None,
+                      propagate_rounded=False):
+    """The same loop vectorised over rows with torch operations (any device)."""
     import torch
 
     for i in range(V.shape[1]):

@@ -11,9 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .backend import FLOAT_DTYPES, backend_of, dtype_name
+from .backend import backend_of, compute_dtype, result_dtype
 from .grid import UniformGrid
-from .kernels import round_block
 from .linalg import damped_system, mark_dead_columns
 
 #: Columns per block in the blocked ("lazy batch") updates of the OPTQ family (GPTQ's default).
@@ -44,16 +43,23 @@ class QuantResult:
     damp: float | None = None
 
 
-class _Problem:
-    """Validated inputs in the compute dtype, permuted into processing order."""
+#: H must be symmetric: ``max|H − Hᵀ| ≤ SYMMETRY_RTOL · max|H|`` (only its lower triangle would be read).
+SYMMETRY_RTOL = 1e-5
 
-    def __init__(self, W, H, G, grid, *, act_order=False, block_size=DEFAULT_BLOCK_SIZE, damp=0.0):
+
+class _Problem:
+    """Validated inputs in the compute dtype, permuted into processing order.
+
+    ``statistics`` names the matrices the solver needs (``"H"``, ``"G"``); each must then be given.
+    """
+
+    def __init__(self, W, H, G, grid, *, statistics=(), act_order=False, block_size=DEFAULT_BLOCK_SIZE, damp=0.0):
         if len(getattr(W, "shape", ())) != 2:
             raise ValueError(f"W must be 2-D (out_features, in_features), got shape {tuple(getattr(W, 'shape', ()))}")
         xp = backend_of(W)
         self.xp = xp
-        self.W_dtype = dtype_name(W)
-        self.dtype = self.W_dtype if self.W_dtype in FLOAT_DTYPES else "float32"
+        self.dtype = compute_dtype(W)
+        self.W_dtype = result_dtype(W)
         if not isinstance(grid, UniformGrid):
             raise TypeError(f"grid must be a UniformGrid, got {type(grid).__name__}")
         grid.check_fits(W)
@@ -66,8 +72,15 @@ class _Problem:
         W = xp.cast(W, self.dtype)
         if not xp.all_finite(W):
             raise ValueError("W contains non-finite values (NaN or inf)")
-        H = None if H is None else self._matrix(H, "H", n, W)
-        G = None if G is None else self._matrix(G, "G", n, W)
+        H = self._matrix(H, "H", n, W, statistics, "X̃ᵀX̃")
+        G = self._matrix(G, "G", n, W, statistics, "X̃ᵀX")
+        if H is not None:
+            self._check_symmetric(H)
+            if not bool((xp.diag(H) != 0).any()):
+                raise ValueError(
+                    "H is zero: every input column of this layer was zero in the calibration data, so there is "
+                    "nothing to fit (use rtn, or check the calibration data)"
+                )
         self.grid = grid
         self.act_order = bool(act_order)
         groups = grid.column_group(n, xp, W)
@@ -84,24 +97,55 @@ class _Problem:
         self.group_scale = xp.asarray(grid.scale, self.dtype, like=W)
         self.group_zero = xp.asarray(grid.zero, self.dtype, like=W)
 
-    def _matrix(self, M, name, n, like):
-        if len(getattr(M, "shape", ())) != 2 or tuple(M.shape) != (n, n):
+    def _matrix(self, M, name, n, like, statistics, meaning):
+        if M is None:
+            if name in statistics:
+                raise ValueError(f"{name} is required: the layer statistic {name} = {meaning} ({n} × {n}), got None")
+            return None
+        if not hasattr(M, "shape"):
+            raise TypeError(f"{name} must be a numpy.ndarray or torch.Tensor, got {type(M).__name__}")
+        if len(M.shape) != 2 or tuple(M.shape) != (n, n):
             raise ValueError(
                 f"{name} must have shape (in_features, in_features) = ({n}, {n}) to match W, "
-                f"got {tuple(getattr(M, 'shape', ()))}"
+                f"got {tuple(M.shape)}"
             )
         M = self.xp.asarray(M, self.dtype, like=like)
         if not self.xp.all_finite(M):
             raise ValueError(f"{name} contains non-finite values (NaN or inf)")
         return M
 
-    def round_blocked(self, U, *, dead=None, start_lower=None, offset=None, P=None, propagate_rounded=False):
+    def _check_symmetric(self, H):
+        xp = self.xp
+        asymmetry = xp.to_scalar(xp.abs(H - H.T).max())
+        size = xp.to_scalar(xp.abs(H).max())
+        if asymmetry > SYMMETRY_RTOL * size:
+            raise ValueError(
+                f"H must be symmetric (X̃ᵀX̃): max|H − Hᵀ| = {asymmetry:.3g} is more than {SYMMETRY_RTOL:g} × max|H| "
+                f"= {size:.3g}; pass the full matrix, not one triangle"
+            )
+
+    def round_with_error_feedback(self, U, dead, *, offset=None, P=None):
+        """OPTQ, Qronos and GPTAQ: start from W (dead columns zeroed), round ``v + offset`` (Qronos) and
+        propagate the scaled error ``e_t = (v_t − q_t)/U_tt`` through U (and ``v_t`` through P: GPTAQ)."""
+
+        def start(a, c):
+            V = self.xp.copy(self.W[:, a:c])
+            V[:, dead[a:c]] = 0
+            return V
+
+        return self._round_blocks(U, start, offset=offset, P=P, propagate_rounded=False)
+
+    def round_with_value_feedback(self, M, start_lower):
+        """GPFQ: start from ``S = W Lᵀ`` (L = ``start_lower``, lower triangular) and propagate the rounded
+        values ``q_t`` through M."""
+        return self._round_blocks(M, lambda a, c: self.W[:, :c] @ start_lower[a:c, :c].T, propagate_rounded=True)
+
+    def _round_blocks(self, U, start, *, offset=None, P=None, propagate_rounded):
         """Blocked ("lazy") rounding of W's columns in processing order; returns the codes (uint8).
 
-        Left-looking: block b = [a, c) starts from ``V_b = S_b − E_{<b} U_{<b,b} (+ Pre_{<b} P_{<b,b})``
-        (one product gathers the updates of all earlier blocks), where ``S = W Mᵀ`` with M =
-        ``start_lower`` (lower triangular, GPFQ), or ``S = W`` with the ``dead`` columns zeroed. The
-        kernel rounds ``V_b + offset_b`` (Qronos) and records E (and Pre for GPTAQ).
+        Left-looking: block b = [a, c) starts from ``V_b = start(a, c) − E_{<b} U_{<b,b} (+ Pre_{<b} P_{<b,b})``
+        (one product gathers the updates of all earlier blocks); the kernel rounds the block and records E
+        (and Pre, the values before rounding, for GPTAQ).
         """
         xp, W = self.xp, self.W
         out, n = W.shape
@@ -110,17 +154,13 @@ class _Problem:
         pre = None if P is None else xp.zeros((out, n), self.dtype, like=W)
         for a in range(0, n, self.block_size):
             c = min(a + self.block_size, n)
-            if start_lower is None:
-                V = xp.copy(W[:, a:c])
-                V[:, dead[a:c]] = 0
-            else:
-                V = W[:, :c] @ start_lower[a:c, :c].T
+            V = start(a, c)
             if a > 0:
                 V -= E[:, :a] @ U[:a, a:c]
                 if P is not None:
                     V += pre[:, :a] @ P[:a, a:c]
             cols = self.groups[a:c]
-            round_block(
+            xp.round_block(
                 V, U[a:c, a:c], xp.take_columns(self.group_scale, cols), xp.take_columns(self.group_zero, cols),
                 self.grid.qmin, self.grid.qmax, codes[:, a:c], E[:, a:c],
                 pre=None if P is None else pre[:, a:c],
@@ -152,9 +192,9 @@ def optq(W, H, grid: UniformGrid, *, damp: float = DEFAULT_DAMP, block_size: int
     With ``H_λ⁻¹ = UᵀU`` (U upper): ``q_t = Q(v_t)``, ``e_t = (v_t − q_t)/U_tt``,
     ``v_{>t} ← v_{>t} − e_t U_{t,>t}`` (proofs/cholesky_form.md, proofs/optq_ldlq.md).
     """
-    p = _Problem(W, H, None, grid, act_order=act_order, block_size=block_size, damp=damp)
+    p = _Problem(W, H, None, grid, statistics=("H",), act_order=act_order, block_size=block_size, damp=damp)
     system = damped_system(p.H, None, damp, p.xp)
-    return p.result(p.round_blocked(system.U, dead=system.dead), "optq", system.damp)
+    return p.result(p.round_with_error_feedback(system.U, system.dead), "optq", system.damp)
 
 
 def qronos(W, H, G, grid: UniformGrid, *, damp: float = DEFAULT_DAMP,
@@ -167,7 +207,7 @@ def qronos(W, H, G, grid: UniformGrid, *, damp: float = DEFAULT_DAMP,
     ``o_1 = z_1/H_11``, ``o_t = U_tt (z_{>1} U[1:,1:]ᵀ)_t`` where ``z = (G − H) w``
     (proofs/qronos_offset_form.md).
     """
-    p = _Problem(W, H, G, grid, act_order=act_order, block_size=block_size, damp=damp)
+    p = _Problem(W, H, G, grid, statistics=("H", "G"), act_order=act_order, block_size=block_size, damp=damp)
     xp = p.xp
     system = damped_system(p.H, p.G, damp, xp)
     H_d, U, n = system.H, system.U, p.W.shape[1]
@@ -181,7 +221,7 @@ def qronos(W, H, G, grid: UniformGrid, *, damp: float = DEFAULT_DAMP,
         U_trailing = U[1:, 1:]
         A[1:] = xp.diag(U_trailing)[:, None] * xp.upper_matmul(U_trailing, D[1:])
     A[system.dead] = 0
-    return p.result(p.round_blocked(U, dead=system.dead, offset=p.W @ A.T), "qronos", system.damp)
+    return p.result(p.round_with_error_feedback(U, system.dead, offset=p.W @ A.T), "qronos", system.damp)
 
 
 def gptaq(W, H, G, grid: UniformGrid, *, alpha: float = DEFAULT_GPTAQ_ALPHA, damp: float = DEFAULT_DAMP,
@@ -194,13 +234,13 @@ def gptaq(W, H, G, grid: UniformGrid, *, alpha: float = DEFAULT_GPTAQ_ALPHA, dam
     """
     if not (isinstance(alpha, (int, float)) and math.isfinite(alpha)):
         raise ValueError(f"alpha must be a finite number, got {alpha!r}")
-    p = _Problem(W, H, G, grid, act_order=act_order, block_size=block_size, damp=damp)
+    p = _Problem(W, H, G, grid, statistics=("H", "G"), act_order=act_order, block_size=block_size, damp=damp)
     xp = p.xp
     system = damped_system(p.H, p.G, damp, xp)
     U = system.U
     asym = system.G.T - system.H
     P = alpha * (xp.triu(asym @ U.T, 1) @ U)
-    return p.result(p.round_blocked(U, dead=system.dead, P=P), "gptaq", system.damp)
+    return p.result(p.round_with_error_feedback(U, system.dead, P=P), "gptaq", system.damp)
 
 
 def gpfq(W, H, G, grid: UniformGrid, *, act_order: bool = False) -> QuantResult:
@@ -209,13 +249,13 @@ def gpfq(W, H, G, grid: UniformGrid, *, act_order: bool = False) -> QuantResult:
     Blocked: ``V = (W tril(G)ᵀ) / diag(H)`` and ``V_{>t} ← V_{>t} − q_t H_{t,>t} / diag(H)_{>t}``
     (proofs/gpfq_statistics.md).
     """
-    p = _Problem(W, H, G, grid, act_order=act_order)
+    p = _Problem(W, H, G, grid, statistics=("H", "G"), act_order=act_order)
     xp = p.xp
     H_live, G_live, _ = mark_dead_columns(p.H, p.G, xp)
     diag = xp.diag(H_live)
     H_scaled = H_live / diag[None, :]
     start = xp.tril(G_live) / diag[:, None]
-    return p.result(p.round_blocked(H_scaled, start_lower=start, propagate_rounded=True), "gpfq")
+    return p.result(p.round_with_value_feedback(H_scaled, start), "gpfq")
 
 
 def output_error(W, Q, H, G, H_float) -> float:

@@ -1,7 +1,9 @@
-"""Shared builders for the torch-adapter tests: a tiny random Llama, a tiny random Gemma 3 and a
-byte-level tokenizer."""
+"""Shared builders for the torch-adapter tests: a tiny random Llama, a tiny random Gemma 3, a byte-level
+tokenizer, and recipes from flat option keys."""
 
 import torch
+
+from qronos_linalg.options import recipe_from_options
 
 TINY_VOCAB = 256
 TINY_SEED = 0
@@ -61,3 +63,8 @@ def byte_tokenizer():
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(tokenizer_object=backend)
+
+
+def recipe(**options):
+    """A recipe from flat option keys, as on the command line (algo, bits, group_size, act_bits, …)."""
+    return recipe_from_options(options)

@@ -70,7 +70,7 @@ def test_unsupported_array_type_is_rejected():
        st.integers(0, 2**16))
 def test_torch_device_loop_equals_the_numba_kernel(out, width, kind, seed):
     """The per-column torch loop (used on GPUs, which CI lacks) equals the Numba kernel on the same block."""
-    from qronos_linalg.kernels import _round_block_torch, round_block
+    from qronos_linalg.kernels import round_block_numpy, round_block_torch
 
     rng = np.random.default_rng(seed)
     V = rng.standard_normal((out, width)) * 3
@@ -81,7 +81,7 @@ def test_torch_device_loop_equals_the_numba_kernel(out, width, kind, seed):
     P = np.triu(rng.standard_normal((width, width)), 1) if kind == "gptaq" else None
     propagate = kind == "gpfq"
     outputs = {}
-    for name, run in (("numba", round_block), ("torch", _round_block_torch)):
+    for name, run in (("numba", round_block_numpy), ("torch", round_block_torch)):
         block = V.copy()
         codes = np.zeros((out, width), np.uint8)
         E = np.zeros((out, width))
@@ -90,7 +90,8 @@ def test_torch_device_loop_equals_the_numba_kernel(out, width, kind, seed):
             run(block, U, scale, zero, 0, 15, codes, E, pre=pre, offset=offset, P=P, propagate_rounded=propagate)
         else:
             t = lambda a: None if a is None else torch.from_numpy(a)  # noqa: E731  (shares memory)
-            run(t(block), t(U), t(scale), t(zero), 0, 15, t(codes), t(E), t(pre), t(offset), t(P), propagate)
+            run(t(block), t(U), t(scale), t(zero), 0, 15, t(codes), t(E), pre=t(pre), offset=t(offset), P=t(P),
+                propagate_rounded=propagate)
         outputs[name] = (codes, E, pre)
     for got, expected in zip(outputs["torch"], outputs["numba"]):
         if expected is not None:

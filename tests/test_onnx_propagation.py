@@ -6,20 +6,11 @@ import onnxruntime as ort
 import pytest
 from onnx_reference import dequantize_linear_weight
 
+from qronos_linalg.activations import fake_quantize_per_token
 from qronos_linalg.adapters.onnx import quantize_onnx
 
 ACT_BITS = 4
 DEPTH_WIDTHS = [24] * 7  # six MatMul layers
-
-
-def fake_quantize_per_token(x, bits):
-    """Dynamic asymmetric min-max per row (last axis), the grid containing 0."""
-    qmax = 2**bits - 1
-    lo = np.minimum(x.min(-1, keepdims=True), 0)
-    hi = np.maximum(x.max(-1, keepdims=True), 0)
-    scale = np.where(hi > lo, (hi - lo) / qmax, 1).astype(np.float32)
-    zero = np.round(-lo / scale)
-    return ((np.clip(np.round(x / scale) + zero, 0, qmax) - zero) * scale).astype(np.float32)
 
 
 def test_each_layer_sees_the_input_of_the_partially_quantized_graph_with_activation_quantization():

@@ -1,6 +1,5 @@
 """CLI subcommands quantize-lm and eval-ppl on a tiny Llama folder with a byte-level tokenizer."""
 
-import argparse
 import json
 
 import pytest
@@ -9,17 +8,11 @@ pytest.importorskip("transformers")
 
 from _torch_tiny import byte_tokenizer, tiny_llama  # noqa: E402
 
-from qronos_linalg.adapters.torch.cli import register  # noqa: E402
+from qronos_linalg import cli  # noqa: E402
 from qronos_linalg.adapters.torch.save import QUANTIZATION_JSON, REPORT_JSON  # noqa: E402
 
 SEQ_LEN = 32
 PARAGRAPH = "The quick brown fox jumps over the lazy dog while numbers {} and {} are counted."
-
-
-def _parse(argv):
-    parser = argparse.ArgumentParser(prog="qronos")
-    register(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(argv)
 
 
 @pytest.fixture(scope="module")
@@ -39,35 +32,31 @@ def text_file(tmp_path_factory):
 
 def test_quantize_then_evaluate(tmp_path, model_folder, text_file, capsys):
     out = tmp_path / "q"
-    args = _parse(["quantize-lm", str(model_folder), "--algo", "qronos", "--bits", "3", "--group-size", "16",
-                   "--act-bits", "8", "--hadamard", "--text-file", str(text_file), "--seq-len", str(SEQ_LEN),
-                   "--windows", "4", "-o", str(out), "--quiet"])
-    assert args.func(args) == 0
+    assert cli.main(["quantize-lm", str(model_folder), "--algo", "qronos", "--bits", "3", "--group-size", "16",
+                     "--act-bits", "8", "--hadamard", "--text-file", str(text_file), "--seq-len", str(SEQ_LEN),
+                     "--windows", "4", "-o", str(out), "--quiet", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["layers"] == 14
     report = json.loads((out / REPORT_JSON).read_text())
     assert {"name", "shape", "algorithm", "samples", "damp", "rel_error_rtn", "rel_error", "time_s"} <= set(report["layers"][0])
     assert json.loads((out / QUANTIZATION_JSON).read_text())["transforms"]["hadamard"]["seed"] == 0
-    args = _parse(["eval-ppl", str(out), "--text-file", str(text_file), "--seq-len", str(SEQ_LEN), "--windows", "2",
-                   "--quiet", "--json", str(tmp_path / "ppl.json")])
-    assert args.func(args) == 0
+    assert cli.main(["eval-ppl", str(out), "--text-file", str(text_file), "--seq-len", str(SEQ_LEN), "--windows", "2",
+                     "--quiet", "--report", str(tmp_path / "ppl.json")]) == 0
     result = json.loads((tmp_path / "ppl.json").read_text())
     assert 1 < result["perplexity"] < float("inf") and result["windows"] == 2
 
 
 def test_existing_output_is_refused_without_overwrite(tmp_path, model_folder, text_file, capsys):
     (tmp_path / "q").mkdir()
-    args = _parse(["quantize-lm", str(model_folder), "--text-file", str(text_file), "--seq-len", str(SEQ_LEN),
-                   "--windows", "1", "-o", str(tmp_path / "q"), "--quiet"])
-    assert args.func(args) == 2
+    assert cli.main(["quantize-lm", str(model_folder), "--text-file", str(text_file), "--seq-len", str(SEQ_LEN),
+                     "--windows", "1", "-o", str(tmp_path / "q"), "--quiet"]) == 2
     assert "--overwrite" in capsys.readouterr().err
 
 
-def test_calibration_shorter_than_one_window_is_an_error(tmp_path, model_folder, text_file):
-    args = _parse(["quantize-lm", str(model_folder), "--text-file", str(text_file), "--seq-len", "100000",
-                   "--windows", "1", "-o", str(tmp_path / "q"), "--quiet"])
-    with pytest.raises(ValueError, match="shorter than one window"):
-        args.func(args)
+def test_calibration_shorter_than_one_window_is_an_error(tmp_path, model_folder, text_file, capsys):
+    assert cli.main(["quantize-lm", str(model_folder), "--text-file", str(text_file), "--seq-len", "100000",
+                     "--windows", "1", "-o", str(tmp_path / "q"), "--quiet"]) == 2
+    assert "shorter than one window" in capsys.readouterr().err
     assert not (tmp_path / "q").exists()
 
 
@@ -77,10 +66,9 @@ def test_weight_only_model_is_exported_to_onnx_and_activation_quantized_one_refu
     ort = pytest.importorskip("onnxruntime")
     common = [str(model_folder), "--algo", "optq", "--bits", "4", "--text-file", str(text_file),
               "--seq-len", str(SEQ_LEN), "--windows", "2", "--quiet"]
-    args = _parse(["quantize-lm", *common, "--act-bits", "8", "-o", str(tmp_path / "a"), "--onnx", str(tmp_path / "a.onnx")])
-    assert args.func(args) == 2
+    assert cli.main(["quantize-lm", *common, "--act-bits", "8", "-o", str(tmp_path / "a"),
+                     "--onnx", str(tmp_path / "a.onnx")]) == 2
     assert "weight-only" in capsys.readouterr().err and not (tmp_path / "a").exists()
-    args = _parse(["quantize-lm", *common, "-o", str(tmp_path / "w"), "--onnx", str(tmp_path / "w.onnx")])
-    assert args.func(args) == 0
+    assert cli.main(["quantize-lm", *common, "-o", str(tmp_path / "w"), "--onnx", str(tmp_path / "w.onnx")]) == 0
     session = ort.InferenceSession(str(tmp_path / "w.onnx"), providers=["CPUExecutionProvider"])
     assert [i.shape for i in session.get_inputs()] == [[1, SEQ_LEN]]

@@ -4,8 +4,9 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 from torch import nn
+from _torch_tiny import recipe
 
-from qronos_linalg.adapters.torch import QuantConfig, quantize_module
+from qronos_linalg.adapters.torch import quantize_module
 from qronos_linalg.adapters.torch.layerwise import layer_input_matrix, layer_weight_matrix, supported_layers
 
 
@@ -47,7 +48,7 @@ def test_unfolded_input_times_weight_is_the_convolution(kernel, stride, padding,
 
 def test_every_layer_lands_on_its_grid_and_later_layers_see_quantized_inputs():
     model = ConvNet()
-    results = quantize_module(model, _calibration(), QuantConfig(algorithm="qronos", bits=3))
+    results = quantize_module(model, _calibration(), recipe(algo="qronos", bits=3))
     assert list(results) == ["conv1d", "conv2d", "head"]
     for name, (result, report) in results.items():
         layer = dict(model.named_modules())[name]
@@ -60,13 +61,13 @@ def test_every_layer_lands_on_its_grid_and_later_layers_see_quantized_inputs():
 
 def test_activation_quantization_enters_x_tilde_of_the_first_layer():
     model = ConvNet()
-    results = quantize_module(model, _calibration(), QuantConfig(algorithm="optq", bits=4, act_bits=4))
+    results = quantize_module(model, _calibration(), recipe(algo="optq", bits=4, act_bits=4))
     assert results["conv1d"][1]["input_gap"] > 0
 
 
 def test_module_without_supported_layers_is_rejected():
     with pytest.raises(ValueError, match="no supported layers"):
-        quantize_module(nn.Sequential(nn.ReLU()), [torch.zeros(1, 2)], QuantConfig())
+        quantize_module(nn.Sequential(nn.ReLU()), [torch.zeros(1, 2)], recipe())
 
 
 def test_grouped_convolution_is_rejected_by_name():
@@ -76,10 +77,10 @@ def test_grouped_convolution_is_rejected_by_name():
 
 
 @pytest.mark.parametrize("options, named", [
-    ({"algorithm": "adaround"}, "algorithm"), ({"bits": 1}, "bits"), ({"bits": 3.0}, "bits"),
+    ({"algo": "adaround"}, "algo"), ({"bits": 1}, "bits"), ({"bits": 3.0}, "bits"),
     ({"group_size": 0}, "group_size"), ({"shrink": 1.5}, "shrink"), ({"act_bits": 16}, "act_bits"),
-    ({"magr_alpha": -1.0}, "magr_alpha"),
+    ({"magr": -1.0}, "magr_alpha"), ({"damp": float("inf")}, "damp"), ({"block_size": 0}, "block_size"),
 ])
 def test_bad_settings_are_rejected_by_name(options, named):
     with pytest.raises(ValueError, match=named):
-        QuantConfig(**options)
+        recipe(**options)

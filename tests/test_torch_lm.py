@@ -8,10 +8,10 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
-from _torch_tiny import tiny_gemma3, tiny_llama, token_batch  # noqa: E402
+from _torch_tiny import recipe, tiny_gemma3, tiny_llama, token_batch  # noqa: E402
 
 from qronos_linalg import UniformGrid  # noqa: E402
-from qronos_linalg.adapters.torch import QuantConfig, find_block_list, quantize_causal_lm  # noqa: E402
+from qronos_linalg.adapters.torch import find_block_list, quantize_causal_lm  # noqa: E402
 from qronos_linalg.adapters.torch.rotation import rotate_llama  # noqa: E402
 from qronos_linalg.adapters.torch.save import (  # noqa: E402
     QUANTIZATION_JSON,
@@ -19,6 +19,7 @@ from qronos_linalg.adapters.torch.save import (  # noqa: E402
     load_quantized,
     save_quantized,
 )
+
 
 LLAMA_GROUPS = [["q_proj", "k_proj", "v_proj"], ["o_proj"], ["gate_proj", "up_proj"], ["down_proj"]]
 
@@ -60,7 +61,7 @@ def test_both_streams_advance_and_match_the_two_models(calibration, build):
     def keep(index, float_stream, quant_stream):
         streams[index] = (torch.cat(float_stream), torch.cat(quant_stream))
 
-    quantize_causal_lm(model, calibration, QuantConfig(algorithm="qronos", bits=3), progress=False, on_block=keep)
+    quantize_causal_lm(model, calibration, recipe(algo="qronos", bits=3), progress=False, on_block=keep)
     last = max(streams)
     assert sorted(streams) == list(range(len(model.model.layers)))
     torch.testing.assert_close(streams[last][0], _final_block_output(float_model, calibration), atol=1e-5, rtol=1e-5)
@@ -70,7 +71,7 @@ def test_both_streams_advance_and_match_the_two_models(calibration, build):
 
 def test_groups_follow_the_block_and_x_tilde_departs_after_first_group(calibration):
     model = tiny_llama()
-    report = quantize_causal_lm(model, calibration, QuantConfig(algorithm="gpfq", bits=3), progress=False)
+    report = quantize_causal_lm(model, calibration, recipe(algo="gpfq", bits=3), progress=False)
     names = [layer["name"] for layer in report["layers"]]
     expected = [f"model.layers.{b}.{part}.{leaf}" for b in range(2) for group in LLAMA_GROUPS for leaf in group
                 for part in (["self_attn"] if leaf.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) else ["mlp"])]
@@ -84,14 +85,14 @@ def test_groups_follow_the_block_and_x_tilde_departs_after_first_group(calibrati
 def test_block_x_mode_uses_quantized_inputs_for_both(calibration):
     model = tiny_llama()
     streams = []
-    quantize_causal_lm(model, calibration, QuantConfig(algorithm="rtn", bits=4), x_mode="block", progress=False,
+    quantize_causal_lm(model, calibration, recipe(algo="rtn", bits=4), x_mode="block", progress=False,
                        on_block=lambda i, f, q: streams.append(f is q))
     assert streams == [True, True]
 
 
 def test_data_driven_solver_beats_rtn_on_output_error(calibration):
     model = tiny_llama()
-    report = quantize_causal_lm(model, calibration, QuantConfig(algorithm="qronos", bits=3), progress=False)
+    report = quantize_causal_lm(model, calibration, recipe(algo="qronos", bits=3), progress=False)
     assert all(layer["rel_error"] <= layer["rel_error_rtn"] + 1e-12 for layer in report["layers"])
 
 
@@ -99,7 +100,7 @@ def test_data_driven_solver_beats_rtn_on_output_error(calibration):
 def test_saved_folder_reloads_and_reproduces_outputs(tmp_path, calibration, hadamard, act_bits):
     model = tiny_llama()
     transforms = {"hadamard": rotate_llama(model, seed=2)} if hadamard else {}
-    report = quantize_causal_lm(model, calibration, QuantConfig(algorithm="optq", bits=3, group_size=16,
+    report = quantize_causal_lm(model, calibration, recipe(algo="optq", bits=3, group_size=16,
                                                                 act_bits=act_bits), progress=False)
     folder = save_quantized(model, tmp_path / "quantized", report, transforms=transforms)
     reloaded, record = load_quantized(folder)
@@ -114,12 +115,12 @@ def test_saved_folder_reloads_and_reproduces_outputs(tmp_path, calibration, hada
                        group_size=layer["group_size"])
     saved_weight = dict(reloaded.named_modules())[name].weight.detach().double()
     torch.testing.assert_close(grid.dequantize(tensors[f"{name}.codes"]).double(), saved_weight, atol=1e-6, rtol=0)
-    assert json.loads((folder / QUANTIZATION_JSON).read_text())["config"]["act_bits"] == act_bits
+    assert json.loads((folder / QUANTIZATION_JSON).read_text())["recipe"]["act_bits"] == act_bits
 
 
 def test_existing_output_folder_is_refused(tmp_path, calibration):
     model = tiny_llama()
-    report = quantize_causal_lm(model, calibration, QuantConfig(algorithm="rtn", bits=4), progress=False)
+    report = quantize_causal_lm(model, calibration, recipe(algo="rtn", bits=4), progress=False)
     (tmp_path / "taken").mkdir()
     with pytest.raises(FileExistsError, match="overwrite"):
         save_quantized(model, tmp_path / "taken", report)
@@ -132,12 +133,12 @@ def test_existing_output_folder_is_refused(tmp_path, calibration):
 def test_missing_block_list_says_how_to_pass_it():
     model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 10))
     with pytest.raises(ValueError, match="blocks="):
-        quantize_causal_lm(model, token_batch(1, 4), QuantConfig(), progress=False)
+        quantize_causal_lm(model, token_batch(1, 4), recipe(), progress=False)
 
 
 def test_wrong_block_path_lists_the_candidates(calibration):
     with pytest.raises(ValueError, match="model.layers"):
-        quantize_causal_lm(tiny_llama(), calibration, QuantConfig(), blocks="model.blocks", progress=False)
+        quantize_causal_lm(tiny_llama(), calibration, recipe(), blocks="model.blocks", progress=False)
 
 
 def test_non_finite_activations_name_the_layer(calibration):
@@ -145,9 +146,9 @@ def test_non_finite_activations_name_the_layer(calibration):
     with torch.no_grad():
         model.model.layers[0].post_attention_layernorm.weight[0] = float("nan")
     with pytest.raises(ValueError, match=r"model\.layers\.0\.mlp\.gate_proj"):
-        quantize_causal_lm(model, calibration, QuantConfig(algorithm="rtn"), progress=False)
+        quantize_causal_lm(model, calibration, recipe(algo="rtn"), progress=False)
 
 
 def test_empty_calibration_is_rejected():
     with pytest.raises(ValueError, match="calibration"):
-        quantize_causal_lm(tiny_llama(), torch.zeros(0, 8, dtype=torch.int64), QuantConfig(), progress=False)
+        quantize_causal_lm(tiny_llama(), torch.zeros(0, 8, dtype=torch.int64), recipe(), progress=False)

@@ -9,10 +9,11 @@ pytest.importorskip("transformers")
 pytest.importorskip("onnxscript")
 ort = pytest.importorskip("onnxruntime")
 
-from _torch_tiny import tiny_llama, token_batch  # noqa: E402
+from _torch_tiny import recipe, tiny_llama, token_batch  # noqa: E402
 
-from qronos_linalg.adapters.torch import QuantConfig, quantize_causal_lm  # noqa: E402
+from qronos_linalg.adapters.torch import quantize_causal_lm  # noqa: E402
 from qronos_linalg.adapters.torch.onnx_export import INPUT_NAME, OUTPUT_NAME, export_causal_lm_onnx  # noqa: E402
+
 
 SEQ_LEN = 16
 #: fp32 logits of the same graph in torch and onnxruntime agree to this absolute tolerance.
@@ -21,7 +22,7 @@ LOGITS_ATOL = 1e-4
 
 def _quantized_tiny_llama(act_bits=None):
     model = tiny_llama()
-    quantize_causal_lm(model, token_batch(3, SEQ_LEN), QuantConfig(algorithm="qronos", bits=3, act_bits=act_bits),
+    quantize_causal_lm(model, token_batch(3, SEQ_LEN), recipe(algo="qronos", bits=3, act_bits=act_bits),
                        progress=False)
     return model
 

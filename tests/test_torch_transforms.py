@@ -10,8 +10,8 @@ pytest.importorskip("transformers")
 
 from _torch_tiny import tiny_gemma3, tiny_llama, token_batch  # noqa: E402
 
-from qronos_linalg.adapters.torch.actquant import fake_quantize_per_token  # noqa: E402
-from qronos_linalg.adapters.torch.magr import linf_clip_level, magr, magr_objective, prox_linf  # noqa: E402
+from qronos_linalg.activations import fake_quantize_per_token  # noqa: E402
+from qronos_linalg.magr import linf_clip_level, magr, magr_objective, prox_linf  # noqa: E402
 from qronos_linalg.adapters.torch.rotation import rotate_llama  # noqa: E402
 from qronos_linalg.adapters.torch.smoothquant import smooth_llama  # noqa: E402
 

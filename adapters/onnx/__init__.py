@@ -1,7 +1,7 @@
 """ONNX adapter: layer-by-layer quantization of MatMul/Gemm/Conv weights, MatMulNBits or QDQ output."""
 
 from .calibration import load_calibration
-from .config import QuantConfig, load_config_file
+from .config import DEFAULT_RECIPE, QuantConfig
 from .errors import (
     CalibrationError,
     ConfigError,
@@ -19,7 +19,7 @@ __all__ = [
     "save_model",
     "load_calibration",
     "QuantConfig",
-    "load_config_file",
+    "DEFAULT_RECIPE",
     "OnnxAdapterError",
     "InvalidModelError",
     "CalibrationError",

@@ -17,18 +17,6 @@ def token_feature_axis(consumer: Consumer) -> int:
     return -1
 
 
-def fake_quantize_tokens(x: np.ndarray, bits: int, axis: int) -> np.ndarray:
-    """Per-token dynamic asymmetric min-max fake quantization (grid includes 0, round half to even)."""
-    qmax = 2**bits - 1
-    lo = np.minimum(x.min(axis=axis, keepdims=True), 0)
-    hi = np.maximum(x.max(axis=axis, keepdims=True), 0)
-    scale = (hi - lo) / qmax
-    scale = np.where(scale > 0, scale, 1).astype(x.dtype)
-    zero = np.round(-lo / scale)
-    codes = np.clip(np.round(x / scale) + zero, 0, qmax)
-    return ((codes - zero) * scale).astype(x.dtype)
-
-
 def conv_pads(consumer: Consumer, spatial: tuple, kernel: tuple) -> list:
     """Begin/end pads per spatial axis (explicit pads or auto_pad SAME_UPPER/SAME_LOWER/VALID)."""
     attrs = consumer.attributes

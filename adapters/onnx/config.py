@@ -1,37 +1,31 @@
-"""Quantization settings shared by the library API, the CLI and --config files."""
+"""Settings of the ONNX adapter: the shared recipe plus the output format and the graph selection.
+
+The recipe keys (``algo``, ``bits``, ``group_size``, ``sym``, …; :mod:`qronos_linalg.options`) and the
+keys below are the CLI flags' names; a config file or dict may spell them with ``-`` or ``_``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import pathlib
+import re
 
-from qronos_linalg.solvers import DEFAULT_DAMP as SOLVER_DAMP
+from qronos_linalg.options import (OPTIONS_BY_KEY, ConfigError, normalize_key, parse_bool, parse_int, parse_value,
+                                   recipe_from_options, recipe_to_options)
+from qronos_linalg.recipe import GridSpec, Recipe, SolverSpec
 
-from .errors import ConfigError
-
-ALGORITHMS = ("rtn", "optq", "gpfq", "gptaq", "qronos")
 FORMATS = ("qdq", "matmulnbits")
-SEARCHES = ("minmax", "mse")
-# Relative damping per algorithm when none is given (the solvers' own defaults; RTN and GPFQ have none).
-DEFAULT_DAMP = {"rtn": 0.0, "optq": SOLVER_DAMP, "gpfq": 0.0, "gptaq": SOLVER_DAMP, "qronos": SOLVER_DAMP}
-MAX_BITS = 8
+#: The adapter's default recipe: Qronos on a 4-bit asymmetric grid with groups of 32 (a MatMulNBits block).
+DEFAULT_RECIPE = Recipe(GridSpec(bits=4, group_size=32), SolverSpec(algorithm="qronos"))
+#: MatMulNBits ``accuracy_level`` attribute values.
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class QuantConfig:
-    """All options of ``qronos quantize`` (same names as the CLI flags, with ``_`` for ``-``)."""
+    """All settings of ``qronos quantize``: ``recipe`` and the ONNX-specific options (same names as the CLI
+    flags, with ``_`` for ``-``)."""
 
-    algo: str = "qronos"
-    bits: int = 4
-    group_size: int | None = 32
-    sym: bool = False
-    act_order: bool = False
-    damp: float | None = None
-    block_size: int = 128
-    shrink: float = 1.0
-    mse: bool = False
-    act_bits: int | None = None
+    recipe: Recipe = DEFAULT_RECIPE
     format: str = "matmulnbits"
     accuracy_level: int | None = None
     nsamples: int | None = None
@@ -41,60 +35,48 @@ class QuantConfig:
     external_data: bool | None = None
 
     def __post_init__(self):
-        if self.algo not in ALGORITHMS:
-            raise ConfigError(f"algo must be one of {ALGORITHMS}, got {self.algo!r}")
+        if not isinstance(self.recipe, Recipe):
+            raise ConfigError(f"recipe must be a Recipe, got {type(self.recipe).__name__}")
         if self.format not in FORMATS:
             raise ConfigError(f"format must be one of {FORMATS}, got {self.format!r}")
-        if not isinstance(self.bits, int) or not 1 <= self.bits <= MAX_BITS:
-            raise ConfigError(f"bits must be an integer in [1, {MAX_BITS}], got {self.bits!r}")
-        if self.act_bits is not None and (not isinstance(self.act_bits, int) or not 2 <= self.act_bits <= MAX_BITS):
-            raise ConfigError(f"act_bits must be an integer in [2, {MAX_BITS}] or None, got {self.act_bits!r}")
-        if self.group_size is not None and (not isinstance(self.group_size, int) or self.group_size < 1):
-            raise ConfigError(f"group_size must be a positive integer or None (per channel), got {self.group_size!r}")
-        if self.damp is not None and not self.damp >= 0:
-            raise ConfigError(f"damp must be >= 0, got {self.damp!r}")
-        if not 0 < self.shrink <= 1:
-            raise ConfigError(f"shrink must be in (0, 1], got {self.shrink!r}")
-        if self.nsamples is not None and self.nsamples < 1:
-            raise ConfigError(f"nsamples must be positive, got {self.nsamples!r}")
-
-    @property
-    def damping(self) -> float:
-        """Relative damping for the chosen algorithm (explicit ``damp`` or the algorithm's default)."""
-        return DEFAULT_DAMP[self.algo] if self.damp is None else self.damp
+        if self.accuracy_level is not None and self.accuracy_level not in ACCURACY_LEVELS:
+            raise ConfigError(f"accuracy_level must be one of {ACCURACY_LEVELS} or None, got {self.accuracy_level!r}")
+        if self.nsamples is not None and (not isinstance(self.nsamples, int) or isinstance(self.nsamples, bool)
+                                          or self.nsamples < 1):
+            raise ConfigError(f"nsamples must be a positive integer or None (all), got {self.nsamples!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        for name in ("include", "exclude"):
+            pattern = getattr(self, name)
+            if pattern is None:
+                continue
+            try:
+                re.compile(pattern)
+            except (re.error, TypeError) as error:
+                raise ConfigError(f"{name} is not a valid regular expression ({pattern!r}): {error}") from None
 
     @classmethod
-    def from_mapping(cls, mapping: dict) -> "QuantConfig":
-        """Build from a dict (keys as in a config file; ``-`` and ``_`` both accepted)."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        values = {}
+    def from_mapping(cls, mapping: dict, base: "QuantConfig | None" = None) -> "QuantConfig":
+        """``base`` (default: the defaults) with a dict's keys applied: recipe keys and the fields above."""
+        base = base or cls()
+        own = {f.name: f for f in dataclasses.fields(cls) if f.name != "recipe"}
+        recipe_keys, values = {}, {}
         for key, value in mapping.items():
-            name = str(key).replace("-", "_")
-            if name not in fields:
-                raise ConfigError(f"unknown configuration key {key!r}; known keys: {sorted(fields)}")
-            values[name] = value
-        return cls(**values)
+            name = normalize_key(key)
+            if name in OPTIONS_BY_KEY:
+                recipe_keys[name] = value
+            elif name in own:
+                values[name] = parse_value(name, OWN_PARSERS.get(name, str), value)
+            else:
+                raise ConfigError(f"unknown configuration key {key!r}; known keys: "
+                                  f"{sorted(set(OPTIONS_BY_KEY) | set(own))}")
+        return dataclasses.replace(base, recipe=recipe_from_options(recipe_keys, base.recipe), **values)
+
+    def to_dict(self) -> dict:
+        """Flat options (recipe keys and the fields above), as a config file would hold them."""
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "recipe"}
+        return {**recipe_to_options(self.recipe), **own}
 
 
-def load_config_file(path) -> dict:
-    """Read a YAML (.yaml/.yml) or JSON config file into a dict of options."""
-    path = pathlib.Path(path)
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise ConfigError(f"cannot read config file {path}: {error}") from error
-    if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"config file {path} is not valid JSON: {error}") from error
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of options, got {type(data).__name__}")
-    return data
+#: Text parsers of the adapter's own keys (for config-file strings; flags arrive parsed).
+OWN_PARSERS = {"accuracy_level": parse_int, "nsamples": parse_int, "seed": parse_int, "external_data": parse_bool}

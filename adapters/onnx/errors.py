@@ -1,4 +1,9 @@
-"""Exceptions of the ONNX adapter; each names what is wrong."""
+"""Exceptions of the ONNX adapter; each names what is wrong. A bad option is the core's ConfigError."""
+
+from qronos_linalg.options import ConfigError
+
+__all__ = ["ConfigError", "OnnxAdapterError", "InvalidModelError", "CalibrationError", "NoQuantizableLayerError",
+           "NonFiniteActivationError", "OutputExistsError"]
 
 
 class OnnxAdapterError(ValueError):
@@ -23,7 +28,3 @@ class NonFiniteActivationError(OnnxAdapterError):
 
 class OutputExistsError(OnnxAdapterError, FileExistsError):
     """The output path exists and overwriting was not requested."""
-
-
-class ConfigError(OnnxAdapterError):
-    """An unknown or invalid configuration key or value."""

@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
-import tempfile
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper, version_converter
+from qronos_linalg.io import check_output, temporary_sibling
 
 from .errors import InvalidModelError, OutputExistsError
 from .graph import all_names, remove_dead_nodes, unique_name
@@ -47,15 +47,16 @@ def choose_format(outcome, config) -> tuple:
     layer = outcome.layer
     if config.format == "qdq":
         return "qdq", None
-    group_size = outcome.results[0].grid.group_size
+    grid = outcome.results[0].grid
+    group_size = grid.group_size
     if layer.op == "Conv":
         return "qdq", "Conv is written as per-channel QDQ"
     if any(c.attributes.get("transA", 0) for c in layer.consumers):
         return "qdq", "Gemm with transA=1 is written as QDQ"
     if group_size not in MATMULNBITS_BLOCK_SIZES:
         return "qdq", f"group size {group_size} is not a MatMulNBits block size {MATMULNBITS_BLOCK_SIZES}"
-    if config.bits not in MATMULNBITS_BITS:
-        return "qdq", f"{config.bits}-bit weights are written as QDQ (MatMulNBits here: {MATMULNBITS_BITS} bits)"
+    if grid.bits not in MATMULNBITS_BITS:
+        return "qdq", f"{grid.bits}-bit weights are written as QDQ (MatMulNBits here: {MATMULNBITS_BITS} bits)"
     return "matmulnbits", None
 
 
@@ -227,32 +228,47 @@ def _matmulnbits_nodes(graph, node, names, attributes, dtype, taken) -> list:
     return nodes
 
 
-def save_model(model: onnx.ModelProto, path, *, overwrite: bool = False, external_data: bool | None = None) -> list:
-    """Write atomically (temp files in the target folder, then rename); returns the paths written.
-
-    ``external_data``: None = only above protobuf's 2 GB limit. External data goes to
-    ``<name>.data`` next to the model, and every external tensor points at that file.
-    """
+def output_files(path, external: bool) -> list:
+    """The files a save writes: the model and, with external data, ``<name>.data`` beside it."""
     path = pathlib.Path(path)
-    data_path = path.with_name(path.name + ".data")
-    external = tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD if external_data is None else external_data
-    for target in [path] + ([data_path] if external else []):
+    return [path] + ([path.with_name(path.name + ".data")] if external else [])
+
+
+def check_outputs(path, *, overwrite: bool, external_data: bool | None) -> None:
+    """Before any work: refuse existing outputs (unless ``overwrite``) and a missing or read-only folder."""
+    for target in output_files(path, external_data is True):
         if target.exists() and not overwrite:
             raise OutputExistsError(f"output {target} exists (pass overwrite=True / --overwrite to replace it)")
-    if not path.parent.is_dir():
-        raise OutputExistsError(f"output folder {path.parent} does not exist")
+        check_output(target, overwrite=True)
+
+
+def save_model(model: onnx.ModelProto, path, *, overwrite: bool = False, external_data: bool | None = None) -> list:
+    """Write atomically (a temporary folder beside the target, then renames); returns the paths written.
+
+    ``external_data``: None = only above protobuf's 2 GB limit. External data goes to ``<name>.data``
+    next to the model, and every external tensor points at that file. Replacing a model saved with
+    external data by one without removes the old ``<name>.data``, which belonged to the replaced file.
+    """
+    path = pathlib.Path(path)
+    external = tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD if external_data is None else external_data
+    written = output_files(path, external)
+    check_outputs(path, overwrite=overwrite, external_data=external)
+    stale_data = output_files(path, True)[1] if path.exists() and not external else None
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    scratch = pathlib.Path(tempfile.mkdtemp(prefix=".qronos-", dir=path.parent))
+    scratch = temporary_sibling(path)
+    scratch.mkdir()
     try:
         scratch_model = scratch / path.name
         if external:
             onnx.save_model(copy, str(scratch_model), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_path.name, size_threshold=EXTERNAL_DATA_MIN_TENSOR_BYTES)
-            os.replace(scratch / data_path.name, data_path)
+                            location=written[1].name, size_threshold=EXTERNAL_DATA_MIN_TENSOR_BYTES)
+            os.replace(scratch / written[1].name, written[1])
         else:
             onnx.save_model(copy, str(scratch_model))
         os.replace(scratch_model, path)
+        if stale_data is not None and stale_data.exists():
+            stale_data.unlink()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return [path] + ([data_path] if external else [])
+    return written

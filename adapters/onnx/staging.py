@@ -63,6 +63,18 @@ def plan_stages(graph: onnx.GraphProto, cut_nodes: list, activations: dict) -> l
     return stages
 
 
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """onnxruntime options of every session the adapter opens: errors-only logging, no spinning idle
+    threads (they would steal the cores from the solvers' BLAS), and ``threads`` if given."""
+    options = ort.SessionOptions()
+    options.log_severity_level = ORT_LOG_ERRORS_ONLY
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = threads
+    return options
+
+
 def _value_info_for(name: str, array: np.ndarray) -> onnx.ValueInfoProto:
     elem_type = helper.np_dtype_to_tensor_dtype(array.dtype)
     return helper.make_tensor_value_info(name, elem_type, [None] * array.ndim)
@@ -72,11 +84,12 @@ class StageRunner:
     """Runs one stage's nodes on feed dicts with a given set of initializers."""
 
     def __init__(self, model: onnx.ModelProto, stage: Stage, initializers: dict, example: dict,
-                 replaced_inputs: dict | None = None):
+                 replaced_inputs: dict | None = None, *, threads: int | None = None):
         """``initializers``: name → TensorProto for the whole graph (already with this stream's weights).
 
         ``example``: a carried feed dict (gives input dtypes). ``replaced_inputs``: node index → {old
         input name: new input name}, used to feed fake-quantized activations to quantized nodes.
+        ``threads``: onnxruntime's intra- and inter-op thread counts (None: its defaults).
         """
         graph = model.graph
         replaced_inputs = replaced_inputs or {}
@@ -106,10 +119,7 @@ class StageRunner:
         stage_model = helper.make_model(
             stage_graph, opset_imports=model.opset_import, ir_version=model.ir_version, functions=model.functions
         )
-        options = ort.SessionOptions()
-        options.log_severity_level = ORT_LOG_ERRORS_ONLY
-        # Idle onnxruntime threads must not spin: they would steal the cores from the solvers' BLAS.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options = session_options(threads)
         self.session = ort.InferenceSession(
             stage_model.SerializeToString(), options, providers=["CPUExecutionProvider"]
         ) if self.output_names else None

@@ -3,25 +3,20 @@
 Import as ``qronos_linalg.adapters.torch``. Main entry points: :func:`quantize_module` (any module),
 :func:`quantize_causal_lm` (Hugging Face decoder LMs), :func:`save_quantized` / :func:`load_quantized`,
 :func:`~qronos_linalg.adapters.torch.onnx_export.export_causal_lm_onnx` (hand-off to the ONNX adapter),
-and the transforms :func:`rotate_llama` (randomized Hadamard), :func:`smooth_llama` (SmoothQuant) and
-:func:`magr` (MagR).
+and the transforms :func:`rotate_llama` (randomized Hadamard) and :func:`smooth_llama` (SmoothQuant).
+The rounding settings are the core's :class:`qronos_linalg.recipe.Recipe`, shared with the ONNX adapter.
 """
 
-from .actquant import InputTransform, fake_quantize_per_token
+from .actquant import InputTransform
 from .hadamard import RandomizedHadamard, hadamard_matrix
-from .layerwise import ALGORITHMS, QuantConfig, quantize_module, solve_layer
+from .layerwise import quantize_module, solve_layer
 from .lm import find_block_list, perplexity, quantize_causal_lm
-from .magr import magr
 
 __all__ = [
-    "ALGORITHMS",
     "InputTransform",
-    "QuantConfig",
     "RandomizedHadamard",
-    "fake_quantize_per_token",
     "find_block_list",
     "hadamard_matrix",
-    "magr",
     "perplexity",
     "quantize_causal_lm",
     "quantize_module",

@@ -1,34 +1,17 @@
-"""Per-token dynamic asymmetric activation fake quantization and the input transforms of a linear.
+"""The input transforms of a linear: an online rotation and per-token activation fake quantization.
 
-For each token (row ``x`` of the last axis): ``lo = min(min x, 0)``, ``hi = max(max x, 0)``,
-``scale = (hi − lo) / (2^b − 1)``, ``zero = round(−lo / scale)``,
-``x̂ = (clip(round(x / scale) + zero, 0, 2^b − 1) − zero) · scale`` (an all-zero token stays zero).
+The quantizer itself is the core's :func:`qronos_linalg.activations.fake_quantize_per_token`.
 """
 
 from __future__ import annotations
 
-import torch
 from torch import nn
+
+from qronos_linalg.activations import check_act_bits, fake_quantize_per_token
 
 from .hadamard import RandomizedHadamard
 
-__all__ = ["SUPPORTED_ACT_BITS", "fake_quantize_per_token", "InputTransform", "install_input_transforms"]
-
-SUPPORTED_ACT_BITS = (2, 3, 4, 5, 6, 7, 8)
-
-
-def fake_quantize_per_token(x: torch.Tensor, bits: int, dim: int = -1) -> torch.Tensor:
-    """Round every slice of ``x`` along ``dim`` to its own asymmetric ``bits``-bit min-max grid."""
-    if bits not in SUPPORTED_ACT_BITS:
-        raise ValueError(f"activation bits must be one of {SUPPORTED_ACT_BITS}, got {bits!r}")
-    qmax = 2**bits - 1
-    lo = torch.clamp(x.amin(dim=dim, keepdim=True), max=0)
-    hi = torch.clamp(x.amax(dim=dim, keepdim=True), min=0)
-    scale = (hi - lo) / qmax
-    safe_scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    zero = torch.round(-lo / safe_scale)
-    codes = torch.clamp(torch.round(x / safe_scale) + zero, 0, qmax)
-    return (codes - zero) * safe_scale
+__all__ = ["InputTransform", "install_input_transforms"]
 
 
 class InputTransform:
@@ -38,8 +21,7 @@ class InputTransform:
     """
 
     def __init__(self, rotation: RandomizedHadamard | None = None, act_bits: int | None = None):
-        if act_bits is not None and act_bits not in SUPPORTED_ACT_BITS:
-            raise ValueError(f"activation bits must be one of {SUPPORTED_ACT_BITS}, got {act_bits!r}")
+        check_act_bits(act_bits)
         self.rotation = rotation
         self.act_bits = act_bits
 
@@ -49,11 +31,11 @@ class InputTransform:
             "act_bits": self.act_bits,
         }
 
-    def transform(self, x: torch.Tensor, channel_dim: int = -1) -> torch.Tensor:
+    def transform(self, x, channel_dim: int = -1):
         if self.rotation is not None:
             x = self.rotation.apply(x)
         if self.act_bits is not None:
-            x = fake_quantize_per_token(x, self.act_bits, dim=channel_dim)
+            x = fake_quantize_per_token(x, self.act_bits, axis=channel_dim)
         return x
 
     def __call__(self, module: nn.Module, args):

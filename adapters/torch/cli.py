@@ -1,89 +1,117 @@
-"""CLI subcommands ``quantize-lm`` and ``eval-ppl`` (registered by ``qronos_linalg.cli``)."""
+"""CLI subcommands ``quantize-lm`` and ``eval-ppl`` (entry points of the ``qronos`` command)."""
 
 from __future__ import annotations
 
-import argparse
-import json
+import importlib.util
 import math
 import resource
-import sys
 import time
 from pathlib import Path
 
-from .actquant import SUPPORTED_ACT_BITS
-from .layerwise import ALGORITHMS, QuantConfig
+from qronos_linalg.cli import HelpFormatter, Settings, add_common_arguments, emit, layer_table, set_threads
+from qronos_linalg.io import check_output, status, write_json_atomic
+from qronos_linalg.options import parse_choice, parse_int, parse_optional_float
+from qronos_linalg.recipe import Recipe
+
 from .lm import X_MODES
 
-__all__ = ["register", "quantize_lm", "eval_ppl", "DEFAULT_SEQ_LEN", "DEFAULT_CALIB_WINDOWS", "DEFAULT_EVAL_WINDOWS"]
+__all__ = ["register", "quantize_lm", "eval_ppl", "DEFAULT_SEQ_LEN", "DEFAULT_CALIB_WINDOWS", "DEFAULT_EVAL_WINDOWS",
+           "DEFAULT_RECIPE"]
 
 DEFAULT_SEQ_LEN = 512
 DEFAULT_CALIB_WINDOWS = 32
 DEFAULT_EVAL_WINDOWS = 40
+#: The adapter's default recipe: Qronos, 4-bit asymmetric per-channel.
+DEFAULT_RECIPE = Recipe()
+MODEL_HELP = "'smollm2' (packaged SmolLM2-135M-Instruct), 'gemma3-270m' (packaged Gemma-3-270M) or a Hugging Face folder"
 
 
-def _add_text_options(parser: argparse.ArgumentParser, default_windows: int, what: str) -> None:
-    parser.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN, help="tokens per window")
-    parser.add_argument("--windows", type=int, default=default_windows, help=f"number of {what} windows")
-    parser.add_argument("--text-file", type=Path, default=None,
-                        help="plain-text file used instead of the gensim Wikipedia sample; its blank-line "
-                             "separated paragraphs are the articles of the documented split")
+def _add_text_options(settings: Settings, parser, default_windows: int, what: str) -> None:
+    group = parser.add_argument_group(f"{what} text")
+    settings.add("--seq-len", dest="seq_len", default=DEFAULT_SEQ_LEN, type=parse_int, help="tokens per window",
+                 metavar="N", group=group)
+    settings.add("--windows", dest="windows", default=default_windows, type=parse_int,
+                 help=f"number of {what} windows", metavar="N", group=group)
+    settings.add("--text-file", dest="text_file", default=None, type=Path, metavar="FILE", group=group,
+                 help="plain-text file instead of the gensim Wikipedia sample; its blank-line separated "
+                      "paragraphs are the articles of the documented split (none: Wikipedia)")
 
 
 def register(subparsers) -> None:
-    quantize = subparsers.add_parser("quantize-lm", help="quantize a causal LM block by block and save it")
-    quantize.add_argument("model", help="'smollm2' (packaged SmolLM2-135M-Instruct), 'gemma3-270m' (packaged "
-                                        "Gemma-3-270M) or a Hugging Face folder")
-    quantize.add_argument("--algo", choices=ALGORITHMS, default="qronos")
-    quantize.add_argument("--bits", type=int, default=4)
-    quantize.add_argument("--group-size", type=int, default=None)
-    quantize.add_argument("--symmetric", action="store_true")
-    quantize.add_argument("--shrink", type=float, default=1.0, help="β of scaled min-max (e.g. 0.8)")
-    quantize.add_argument("--damp", type=float, default=None, help="relative damping (solver default if absent)")
-    quantize.add_argument("--act-order", action="store_true")
-    quantize.add_argument("--act-bits", type=int, choices=SUPPORTED_ACT_BITS, default=None,
-                          help="per-token dynamic asymmetric activation quantization of quantized linears")
-    quantize.add_argument("--hadamard", action="store_true", help="randomized Hadamard rotation (QuaRot-style)")
-    quantize.add_argument("--hadamard-seed", type=int, default=0)
-    quantize.add_argument("--smoothquant", type=float, default=None, metavar="ALPHA")
-    quantize.add_argument("--magr", type=float, default=None, metavar="ALPHA")
-    quantize.add_argument("--x-mode", choices=X_MODES, default="float",
-                          help="X = true float model ('float') or float block on quantized inputs ('block')")
-    quantize.add_argument("--blocks", default=None, help="dotted path of the decoder-block ModuleList")
-    quantize.add_argument("-o", "--output", type=Path, required=True)
+    quantize = subparsers.add_parser(
+        "quantize-lm", help="quantize a causal LM block by block and save it", formatter_class=HelpFormatter,
+        description="Quantize every linear of a causal LM's decoder blocks with the two-stream block pipeline "
+                    "(docs/torch.md) and save a Hugging Face folder with the exact codes and grids.")
+    quantize.add_argument("model", help=MODEL_HELP)
+    quantize.add_argument("-o", "--output", type=Path, required=True, help="output folder (must not exist unless "
+                                                                           "--overwrite; its parent must)")
     quantize.add_argument("--onnx", type=Path, default=None, metavar="FILE",
                           help="also export the quantized (weight-only) model to ONNX, input (1, --seq-len) → logits, "
                                "for `qronos quantize`")
-    quantize.add_argument("--overwrite", action="store_true")
-    quantize.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_text_options(quantize, DEFAULT_CALIB_WINDOWS, "calibration")
-    quantize.set_defaults(func=quantize_lm)
+    settings = Settings(quantize, DEFAULT_RECIPE)
+    lm_group = quantize.add_argument_group("language-model pipeline")
+    settings.add("--x-mode", dest="x_mode", default="float", type=parse_choice(X_MODES), group=lm_group,
+                 metavar="{" + ",".join(X_MODES) + "}",
+                 help="X = the true float model ('float') or the float block on quantized inputs ('block')")
+    settings.add_switch("--hadamard", "hadamard", False, "randomized Hadamard rotation first (QuaRot-style)",
+                        off=("--no-hadamard", "no rotation"), group=lm_group)
+    settings.add("--hadamard-seed", dest="hadamard_seed", default=0, type=parse_int, metavar="N", group=lm_group,
+                 help="seed of the Hadamard signs")
+    settings.add("--smoothquant", dest="smoothquant", default=None, type=parse_optional_float, metavar="ALPHA",
+                 group=lm_group, help="SmoothQuant migration strength α in [0, 1] (none: off)")
+    settings.add("--blocks", dest="blocks", default=None, metavar="PATH", group=lm_group,
+                 help="dotted path of the decoder-block ModuleList (none: found automatically)")
+    _add_text_options(settings, quantize, DEFAULT_CALIB_WINDOWS, "calibration")
+    add_common_arguments(quantize, settings, report_help="also write the per-layer JSON report here (it is always "
+                                                         "saved in the output folder)")
+    quantize.set_defaults(func=quantize_lm, settings=settings)
 
-    evaluate = subparsers.add_parser("eval-ppl", help="perplexity of a (quantized or float) causal LM")
-    evaluate.add_argument("model", help="'smollm2', 'gemma3-270m' or a folder written by quantize-lm / any HF folder")
-    evaluate.add_argument("--json", type=Path, default=None, help="also write the result as JSON here")
-    evaluate.add_argument("--overwrite", action="store_true")
-    evaluate.add_argument("--quiet", action="store_true")
-    _add_text_options(evaluate, DEFAULT_EVAL_WINDOWS, "evaluation")
-    evaluate.set_defaults(func=eval_ppl)
+    evaluate = subparsers.add_parser("eval-ppl", help="perplexity of a (quantized or float) causal LM",
+                                     formatter_class=HelpFormatter)
+    evaluate.add_argument("model", help=MODEL_HELP + ", or a folder written by quantize-lm")
+    eval_settings = Settings(evaluate)
+    _add_text_options(eval_settings, evaluate, DEFAULT_EVAL_WINDOWS, "evaluation")
+    add_common_arguments(evaluate, eval_settings, report_help="also write the result as JSON here")
+    evaluate.set_defaults(func=eval_ppl, settings=eval_settings)
 
 
-def _windows(tokenizer, args, split: str):
+def _check_text_file(values: dict) -> None:
+    text_file = values["text_file"]
+    if text_file is not None and not Path(text_file).is_file():
+        raise FileNotFoundError(f"--text-file {text_file} does not exist")
+    for key in ("seq_len", "windows"):
+        if values[key] < 1 or (key == "seq_len" and values[key] < 2):
+            raise ValueError(f"--{key.replace('_', '-')} must be at least {2 if key == 'seq_len' else 1}, "
+                             f"got {values[key]}")
+
+
+def _windows(tokenizer, values: dict, split: str):
     from .data import split_articles, text_windows, token_windows, window_bos
 
-    if args.text_file is None:
-        return text_windows(tokenizer, split, args.seq_len, args.windows)
-    if not args.text_file.is_file():
-        raise FileNotFoundError(f"--text-file {args.text_file} does not exist")
-    paragraphs = [p.strip() for p in args.text_file.read_text().split("\n\n") if p.strip()]
+    if values["text_file"] is None:
+        return text_windows(tokenizer, split, values["seq_len"], values["windows"])
+    try:
+        text = Path(values["text_file"]).read_text()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"--text-file {values['text_file']} is not UTF-8 text: {error}") from None
+    paragraphs = [p.strip() for p in text.split("\n\n") if p.strip()]
     calibration, evaluation = split_articles(paragraphs)
     chosen = calibration if split == "calibration" else evaluation
     token_ids = tokenizer("\n\n".join(chosen), add_special_tokens=False)["input_ids"]
-    return token_windows(token_ids, args.seq_len, args.windows, bos_token_id=window_bos(tokenizer))
+    return token_windows(token_ids, values["seq_len"], values["windows"], bos_token_id=window_bos(tokenizer))
 
 
 def _peak_memory_mib() -> float:
     """Peak resident set size of this process (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _check_model_argument(model: str) -> None:
+    from .data import PACKAGED_MODELS
+
+    if model not in PACKAGED_MODELS and not (Path(model) / "config.json").is_file():
+        raise FileNotFoundError(f"model {model!r} is neither a packaged model ({', '.join(PACKAGED_MODELS)}) nor a "
+                                "Hugging Face folder (no config.json)")
 
 
 def quantize_lm(args) -> int:
@@ -93,31 +121,36 @@ def quantize_lm(args) -> int:
     from .lm import quantize_causal_lm
     from .rotation import rotate_llama
     from .save import save_quantized
-    from .smoothquant import smooth_llama
+    from .smoothquant import check_smoothquant_alpha, smooth_llama
 
-    for target in (args.output, args.onnx):
-        if target is not None and target.exists() and not args.overwrite:
-            print(f"error: {target} already exists; pass --overwrite to replace it", file=sys.stderr)
-            return 2
-    if args.onnx is not None and (args.act_bits is not None or args.hadamard):
-        print("error: --onnx exports weight-only models (no --act-bits, no --hadamard)", file=sys.stderr)
-        return 2
-    torch.manual_seed(0)
-    config = QuantConfig(
-        algorithm=args.algo, bits=args.bits, group_size=args.group_size, symmetric=args.symmetric,
-        shrink=args.shrink, damp=args.damp, act_order=args.act_order, act_bits=args.act_bits,
-        magr_alpha=args.magr,
-    )
+    started = time.perf_counter()
+    values = args.settings.resolve(args)
+    recipe = args.settings.recipe(values)
+    check_smoothquant_alpha(values["smoothquant"])
+    _check_text_file(values)
+    _check_model_argument(args.model)
+    check_output(args.output, overwrite=args.overwrite, what="output folder")
+    report_path = None if args.report is None else check_output(args.report, overwrite=args.overwrite, what="report")
+    if args.onnx is not None:
+        check_output(args.onnx, overwrite=args.overwrite, what="ONNX output")
+        if recipe.act_bits is not None or values["hadamard"]:
+            raise ValueError("--onnx exports weight-only models (no --act-bits, no --hadamard)")
+        if importlib.util.find_spec("onnxscript") is None:
+            raise ModuleNotFoundError("--onnx needs onnxscript: pip install 'qronos_linalg[lm]'")
+    set_threads(values["threads"])
+    torch.manual_seed(values["seed"])
+    quiet = args.quiet
+    status(f"loading {args.model}", enabled=not quiet)
     model, tokenizer, folder = load_model(args.model)
-    calibration = _windows(tokenizer, args, "calibration")
+    calibration = _windows(tokenizer, values, "calibration")
     start = time.perf_counter()
     transforms = {}
-    if args.smoothquant is not None:
-        transforms["smoothquant"] = smooth_llama(model, calibration, args.smoothquant)
-    if args.hadamard:
-        transforms["hadamard"] = rotate_llama(model, args.hadamard_seed)
-    report = quantize_causal_lm(model, calibration, config, blocks=args.blocks, x_mode=args.x_mode,
-                                progress=not args.quiet)
+    if values["smoothquant"] is not None:
+        transforms["smoothquant"] = smooth_llama(model, calibration, values["smoothquant"])
+    if values["hadamard"]:
+        transforms["hadamard"] = rotate_llama(model, values["hadamard_seed"])
+    report = quantize_causal_lm(model, calibration, recipe, blocks=values["blocks"], x_mode=values["x_mode"],
+                                progress=not quiet)
     report["total_time_s"] = time.perf_counter() - start
     report["peak_memory_mib"] = _peak_memory_mib()
     save_quantized(model, args.output, report, tokenizer=tokenizer, transforms=transforms,
@@ -125,25 +158,47 @@ def quantize_lm(args) -> int:
     if args.onnx is not None:
         from .onnx_export import export_causal_lm_onnx
 
-        export_causal_lm_onnx(model, args.onnx, seq_len=args.seq_len, overwrite=args.overwrite)
-    errors = [layer["rel_error"] for layer in report["layers"]]
-    print(json.dumps({
-        "output": str(args.output), "onnx": None if args.onnx is None else str(args.onnx), "layers": len(errors), "quantization_time_s": round(report["total_time_s"], 2),
-        "peak_memory_mib": round(report["peak_memory_mib"], 1),
-        "mean_rel_error": sum(errors) / len(errors),
-        "mean_rel_error_rtn": sum(layer["rel_error_rtn"] for layer in report["layers"]) / len(errors),
-    }))
+        export_causal_lm_onnx(model, args.onnx, seq_len=values["seq_len"], overwrite=args.overwrite)
+    layers = report["layers"]
+    summary = {
+        "output": str(args.output), "onnx": None if args.onnx is None else str(args.onnx), "layers": len(layers),
+        "quantization_time_s": round(report["total_time_s"], 2), "peak_memory_mib": round(report["peak_memory_mib"], 1),
+        "mean_rel_error": _mean(layer["rel_error"] for layer in layers),
+        "mean_rel_error_rtn": _mean(layer["rel_error_rtn"] for layer in layers),
+        "recipe": recipe.to_dict(), "x_mode": values["x_mode"],
+        "calibration_windows": int(calibration.shape[0]), "seq_len": int(calibration.shape[1]),
+    }
+    if report_path is not None:
+        write_json_atomic(report_path, {**summary, "layers": layers}, overwrite=args.overwrite)
+    lines = layer_table(layers) + [
+        f"layers quantized: {len(layers)} ({recipe.solver.algorithm}, {calibration.shape[0]} × {calibration.shape[1]} "
+        f"calibration tokens, x_mode {values['x_mode']}, {report['total_time_s']:.1f} s, peak RSS "
+        f"{report['peak_memory_mib']:.0f} MiB)",
+        f"mean relative output error: {summary['mean_rel_error']:.4f} (RTN on the same grids: "
+        f"{summary['mean_rel_error_rtn']:.4f})",
+        f"wrote {args.output}" + (f" and {args.onnx}" if args.onnx is not None else ""),
+        f"total {time.perf_counter() - started:.1f} s",
+    ]
+    emit(summary, lines, args.json)
     return 0
+
+
+def _mean(values) -> float | None:
+    values = [value for value in values if value is not None]
+    return sum(values) / len(values) if values else None
 
 
 def eval_ppl(args) -> int:
     from .data import PACKAGED_MODELS, load_model
     from .lm import perplexity
-    from .save import load_quantized, write_json_atomic
+    from .save import load_quantized
 
-    if args.json is not None and args.json.exists() and not args.overwrite:
-        print(f"error: {args.json} already exists; pass --overwrite to replace it", file=sys.stderr)
-        return 2
+    values = args.settings.resolve(args)
+    _check_text_file(values)
+    _check_model_argument(args.model)
+    report_path = None if args.report is None else check_output(args.report, overwrite=args.overwrite, what="report")
+    set_threads(values["threads"])
+    status(f"loading {args.model}", enabled=not args.quiet)
     if args.model in PACKAGED_MODELS:
         model, tokenizer, _ = load_model(args.model)
     else:
@@ -151,7 +206,7 @@ def eval_ppl(args) -> int:
 
         model, _record = load_quantized(args.model)
         tokenizer = AutoTokenizer.from_pretrained(args.model)
-    windows = _windows(tokenizer, args, "evaluation")
+    windows = _windows(tokenizer, values, "evaluation")
     start = time.perf_counter()
     value = perplexity(model, windows, progress=not args.quiet)
     result = {
@@ -159,9 +214,9 @@ def eval_ppl(args) -> int:
         "seq_len": int(windows.shape[1]), "eval_time_s": time.perf_counter() - start,
     }
     if not math.isfinite(value):
-        print(f"error: perplexity is not finite ({value})", file=sys.stderr)
-        return 1
-    if args.json is not None:
-        write_json_atomic(args.json, result, overwrite=args.overwrite)
-    print(json.dumps(result))
+        raise ValueError(f"perplexity is not finite ({value}): the model's outputs overflow")
+    if report_path is not None:
+        write_json_atomic(report_path, result, overwrite=args.overwrite)
+    emit(result, [f"perplexity {value:.4f} on {result['windows']} × {result['seq_len']} tokens "
+                  f"({result['eval_time_s']:.1f} s)"], args.json)
     return 0

@@ -20,10 +20,11 @@ import importlib.util
 import os
 import re
 import tempfile
-import uuid
 from pathlib import Path
 
 import torch
+
+from qronos_linalg.io import TEMPORARY_PREFIX, atomic_output
 
 __all__ = [
     "SMOLLM2",
@@ -85,8 +86,8 @@ def packaged_model_folder(name: str) -> Path:
     if (cached / "config.json").exists():
         return cached
     cached.parent.mkdir(parents=True, exist_ok=True)
-    temporary = cached.with_name(f".{cached.name}.{uuid.uuid4().hex}.tmp")
-    with tempfile.TemporaryDirectory(dir=cached.parent) as scratch:
+    with tempfile.TemporaryDirectory(dir=cached.parent, prefix=TEMPORARY_PREFIX) as scratch, \
+            atomic_output(cached, overwrite=True) as temporary:
         folder, gguf_file = _locate_gguf(name, Path(scratch))
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
@@ -95,7 +96,6 @@ def packaged_model_folder(name: str) -> Path:
             del model.config.quantization_config
         model.save_pretrained(temporary)
         tokenizer.save_pretrained(temporary)
-    os.replace(temporary, cached)
     return cached
 
 

@@ -14,26 +14,19 @@ from __future__ import annotations
 
 import copy
 import json
-import math
-import time
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qronos_linalg import LayerStats, UniformGrid, gpfq, gptaq, optq, output_error, qronos, rtn
-from qronos_linalg.grid import MAX_BITS as MAX_WEIGHT_BITS
-from qronos_linalg.grid import MIN_BITS as MIN_WEIGHT_BITS
+from qronos_linalg import LayerStats
+from qronos_linalg.recipe import Recipe, solve
 
-from .actquant import SUPPORTED_ACT_BITS, InputTransform
-from .magr import magr
+from .actquant import InputTransform
+from .hooks import StopForward, named_modules, run_until_stopped, temporary_hooks
 
 __all__ = [
-    "ALGORITHMS",
     "SUPPORTED_LAYERS",
-    "QuantConfig",
-    "StopForward",
     "layer_input_matrix",
     "layer_weight_matrix",
     "set_layer_weight",
@@ -45,47 +38,7 @@ __all__ = [
     "quantize_module",
 ]
 
-ALGORITHMS = ("rtn", "optq", "gpfq", "gptaq", "qronos")
 SUPPORTED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
-
-
-@dataclass(frozen=True)
-class QuantConfig:
-    """Rounding settings shared by every quantized layer (``damp=None``: the solver's default)."""
-
-    algorithm: str = "qronos"
-    bits: int = 4
-    group_size: int | None = None
-    symmetric: bool = False
-    shrink: float = 1.0
-    search: str = "minmax"
-    damp: float | None = None
-    block_size: int = 128
-    act_order: bool = False
-    gptaq_alpha: float = 0.25
-    act_bits: int | None = None
-    magr_alpha: float | None = None
-
-    def __post_init__(self):
-        if not isinstance(self.bits, int) or not MIN_WEIGHT_BITS <= self.bits <= MAX_WEIGHT_BITS:
-            raise ValueError(f"bits must be an integer in [{MIN_WEIGHT_BITS}, {MAX_WEIGHT_BITS}], got {self.bits!r}")
-        if self.group_size is not None and (not isinstance(self.group_size, int) or self.group_size < 1):
-            raise ValueError(f"group_size must be None or a positive integer, got {self.group_size!r}")
-        if not 0 < self.shrink <= 1:
-            raise ValueError(f"shrink must be in (0, 1], got {self.shrink!r}")
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
-        if self.act_bits is not None and self.act_bits not in SUPPORTED_ACT_BITS:
-            raise ValueError(f"act_bits must be None or one of {SUPPORTED_ACT_BITS}, got {self.act_bits!r}")
-        if self.magr_alpha is not None and not self.magr_alpha > 0:
-            raise ValueError(f"magr_alpha must be > 0, got {self.magr_alpha!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-class StopForward(Exception):
-    """Raised by a capture hook once every wanted input is captured, to skip the rest of a forward."""
 
 
 def supported_layers(module: nn.Module) -> dict[str, nn.Module]:
@@ -141,18 +94,13 @@ def discover_groups(block: nn.Module, layer_names: list[str], run) -> list[list[
     """Groups of ``layer_names`` in first-call order; consecutive layers called on the same tensor share
     a group. ``run()`` performs one forward of ``block``. Layers never called, or called more than once
     per forward, are errors (their input would be ambiguous)."""
-    modules = dict(block.named_modules())
     calls: list[tuple[str, torch.Tensor]] = []  # keeps the inputs alive, so identities cannot be reused
-    handles = [
-        modules[name].register_forward_pre_hook(lambda module, args, name=name: calls.append((name, args[0])))
-        for name in layer_names
-    ]
-    try:
-        with torch.no_grad():
-            run()
-    finally:
-        for handle in handles:
-            handle.remove()
+
+    def record(name):
+        return lambda module, args: calls.append((name, args[0]))
+
+    with temporary_hooks(named_modules(block, layer_names), record), torch.no_grad():
+        run()
     called = [name for name, _ in calls]
     repeated = sorted({name for name in called if called.count(name) > 1})
     if repeated:
@@ -173,41 +121,19 @@ def discover_groups(block: nn.Module, layer_names: list[str], run) -> list[list[
 
 def capture_inputs(block: nn.Module, layer_names: list[str], run) -> dict[str, torch.Tensor]:
     """Inputs (samples × in_features, after any input transform) of the named layers in one forward."""
-    modules = dict(block.named_modules())
     captured: dict[str, torch.Tensor] = {}
 
-    def hook(module, args, name):
-        captured[name] = layer_input_matrix(module, args[0]).detach()
-        if len(captured) == len(layer_names):
-            raise StopForward
+    def capture(name):
+        def hook(module, args):
+            captured[name] = layer_input_matrix(module, args[0]).detach()
+            if len(captured) == len(layer_names):
+                raise StopForward
 
-    handles = [
-        modules[name].register_forward_pre_hook(lambda m, a, name=name: hook(m, a, name)) for name in layer_names
-    ]
-    try:
-        with torch.no_grad():
-            run()
-    except StopForward:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
+        return hook
+
+    with temporary_hooks(named_modules(block, layer_names), capture), torch.no_grad():
+        run_until_stopped(run)
     return captured
-
-
-def _relative_errors(W, candidates, H, G, H_float) -> list[float]:
-    """``sqrt(‖XWᵀ − X̃Qᵀ‖² / ‖XWᵀ‖²)`` for each Q, with ``‖XWᵀ‖² = tr(W H_float Wᵀ)`` computed once."""
-    reference = float(((W @ H_float) * W).sum())
-    if not reference > 0:
-        return [0.0 for _ in candidates]
-    return [math.sqrt(output_error(W, Q, H, G, H_float) / reference) for Q in candidates]
-
-
-def _input_gap(stats) -> float:
-    """``‖X̃ − X‖_F / ‖X‖_F = sqrt((tr H − 2 tr G + tr H_float) / tr H_float)``."""
-    reference = float(torch.trace(stats.H_float))
-    gap = float(torch.trace(stats.H) - 2 * torch.trace(stats.G) + torch.trace(stats.H_float))
-    return math.sqrt(max(gap, 0.0) / reference) if reference > 0 else 0.0
 
 
 def _transform_key(module: nn.Module) -> str:
@@ -223,50 +149,12 @@ def _stats_sharing(group: list[str], modules: dict[str, nn.Module]) -> list[list
     return list(by_key.values())
 
 
-def solve_layer(W: torch.Tensor, stats: LayerStats, config: QuantConfig, *, name: str | None = None):
-    """Fit the grid to W (after MagR if asked) and round with ``config.algorithm``.
-
-    Returns ``(result, report)``; the report's relative errors ``sqrt(‖XWᵀ − X̃Qᵀ‖² / ‖XWᵀ‖²)`` are measured
-    against the original W for both RTN and the chosen algorithm.
-    """
-    start = time.perf_counter()
-    W = W.to(torch.float64)
-    H, G = stats.H.to(torch.float64), stats.G.to(torch.float64)
-    target = W if config.magr_alpha is None else magr(W, H, config.magr_alpha)
-    grid = UniformGrid.fit(
-        target, config.bits, symmetric=config.symmetric, group_size=config.group_size,
-        shrink=config.shrink, search=config.search,
-    )
-    damp_kwargs = {} if config.damp is None else {"damp": config.damp}
-    common = {"block_size": config.block_size, "act_order": config.act_order}
-    if config.algorithm == "rtn":
-        result = rtn(target, grid)
-    elif config.algorithm == "optq":
-        result = optq(target, H, grid, **damp_kwargs, **common)
-    elif config.algorithm == "gpfq":
-        result = gpfq(target, H, G, grid, act_order=config.act_order)
-    elif config.algorithm == "gptaq":
-        result = gptaq(target, H, G, grid, alpha=config.gptaq_alpha, **damp_kwargs, **common)
-    else:
-        result = qronos(target, H, G, grid, **damp_kwargs, **common)
-    elapsed = time.perf_counter() - start
-    rtn_weight = result.weight if config.algorithm == "rtn" else rtn(target, grid).weight
-    rel_error_rtn, rel_error = _relative_errors(W, [rtn_weight, result.weight], H, G,
-                                                stats.H_float.to(torch.float64))
-    report = {
-        "name": name or stats.name,
-        "shape": list(W.shape),
-        "algorithm": result.algorithm,
-        "bits": config.bits,
-        "group_size": config.group_size,
-        "samples": stats.count,
-        "damp": result.damp,
-        "input_gap": _input_gap(stats),
-        "rel_error_rtn": rel_error_rtn,
-        "rel_error": rel_error,
-        "time_s": elapsed,
-    }
-    return result, report
+def solve_layer(layer: nn.Module, stats: LayerStats, recipe: Recipe, *, name: str | None = None):
+    """Round the layer's weight with the shared recipe (:func:`qronos_linalg.recipe.solve`) in float64;
+    returns ``(result, report dict)``. The layer's weight is left unchanged."""
+    result, report = solve(layer_weight_matrix(layer).to(torch.float64), stats, recipe.grid, recipe.solver,
+                           name=name)
+    return result, report.to_dict()
 
 
 def float_copy(block: nn.Module) -> nn.Module:
@@ -285,7 +173,7 @@ def quantize_layers_in_block(
     quant_block: nn.Module,
     float_runs: list,
     quant_runs: list,
-    config: QuantConfig,
+    recipe: Recipe,
     *,
     prefix: str = "",
     layer_names: list[str] | None = None,
@@ -325,7 +213,7 @@ def quantize_layers_in_block(
                 stats[name].update(X[name], X_tilde[name])
         for name in group:
             layer = quant_modules[name]
-            result, report = solve_layer(layer_weight_matrix(layer), stats[name], config, name=prefix + name)
+            result, report = solve_layer(layer, stats[name], recipe, name=prefix + name)
             set_layer_weight(layer, result.weight)
             outcome[prefix + name] = (result, report)
             if on_layer is not None:
@@ -341,13 +229,13 @@ def _forward_call(module: nn.Module, batch):
     return lambda: module(batch)
 
 
-def quantize_module(model: nn.Module, calibration, config: QuantConfig, *, stats_dtype: str = "float64",
+def quantize_module(model: nn.Module, calibration, recipe: Recipe, *, stats_dtype: str = "float64",
                     on_layer=None) -> dict[str, tuple]:
     """Quantize every Linear/Conv1d/Conv2d of ``model`` in place (generic, any ``nn.Module``).
 
     ``calibration``: a list of batches (a tensor, a tuple of positional args or a dict of kwargs). A float
     copy of the model gives X; one forward per batch and layer group through each copy, stopped early
-    after the group's inputs are captured. With ``config.act_bits`` every quantized layer's input is
+    after the group's inputs are captured. With ``recipe.act_bits`` every quantized layer's input is
     fake-quantized per token (a hook left installed on ``model``). Returns ``{name: (result, report)}``.
     """
     layers = supported_layers(model)
@@ -361,12 +249,14 @@ def quantize_module(model: nn.Module, calibration, config: QuantConfig, *, stats
         raise ValueError("calibration must contain at least one batch")
     model.eval()
     float_model = float_copy(model)
-    if config.act_bits is not None:
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe must be a qronos_linalg.recipe.Recipe, got {type(recipe).__name__}")
+    if recipe.act_bits is not None:
         for layer in layers.values():
-            layer.register_forward_pre_hook(InputTransform(None, config.act_bits))
+            layer.register_forward_pre_hook(InputTransform(None, recipe.act_bits))
     return quantize_layers_in_block(
         float_model, model,
         [_forward_call(float_model, batch) for batch in calibration],
         [_forward_call(model, batch) for batch in calibration],
-        config, layer_names=list(layers), stats_dtype=stats_dtype, on_layer=on_layer,
+        recipe, layer_names=list(layers), stats_dtype=stats_dtype, on_layer=on_layer,
     )

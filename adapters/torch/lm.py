@@ -23,7 +23,10 @@ import torch
 from torch import nn
 
 from .actquant import InputTransform
-from .layerwise import QuantConfig, StopForward, float_copy, quantize_layers_in_block, supported_layers
+from qronos_linalg.recipe import Recipe
+
+from .hooks import StopForward, run_until_stopped, temporary_hooks
+from .layerwise import float_copy, quantize_layers_in_block, supported_layers
 
 __all__ = [
     "X_MODES",
@@ -90,18 +93,10 @@ def capture_block_inputs(model: nn.Module, block_list: nn.ModuleList, windows: t
 
         return hook
 
-    handles = [block.register_forward_pre_hook(recorder(index), with_kwargs=True)
-               for index, block in enumerate(block_list)]
-    try:
-        with torch.no_grad():
-            for start in range(0, windows.shape[0], batch_size):
-                try:
-                    model(input_ids=windows[start : start + batch_size], use_cache=False)
-                except StopForward:
-                    pass
-    finally:
-        for handle in handles:
-            handle.remove()
+    with temporary_hooks(dict(enumerate(block_list)), recorder, with_kwargs=True), torch.no_grad():
+        for start in range(0, windows.shape[0], batch_size):
+            batch = windows[start : start + batch_size]
+            run_until_stopped(lambda: model(input_ids=batch, use_cache=False))
     return hidden, contexts
 
 
@@ -125,7 +120,7 @@ def _advance(block: nn.Module, stream: list, contexts: list, label: str, block_n
 def quantize_causal_lm(
     model: nn.Module,
     calibration: torch.Tensor,
-    config: QuantConfig,
+    recipe: Recipe,
     *,
     blocks: str | None = None,
     x_mode: str = "float",
@@ -137,13 +132,15 @@ def quantize_causal_lm(
     """Quantize every supported layer inside the decoder blocks of ``model`` in place.
 
     ``calibration``: token windows (n_windows × seq_len, int64). Layers outside the blocks (embeddings,
-    lm_head) stay float. With ``config.act_bits`` a per-token activation quantizer is installed on every
+    lm_head) stay float. With ``recipe.act_bits`` a per-token activation quantizer is installed on every
     quantized layer (kept after the call: evaluation uses it). ``on_block(index, float_stream,
     quant_stream)`` sees both streams (lists of hidden-state batches) after each block advances. Returns the report (``layers``: one
     entry per layer, and ``results``: ``{name: QuantResult}``).
     """
     from tqdm import tqdm
 
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe must be a qronos_linalg.recipe.Recipe, got {type(recipe).__name__}")
     if x_mode not in X_MODES:
         raise ValueError(f"x_mode must be one of {X_MODES}, got {x_mode!r}")
     if not isinstance(calibration, torch.Tensor) or calibration.ndim != 2 or calibration.shape[0] == 0:
@@ -151,10 +148,10 @@ def quantize_causal_lm(
     blocks_name, block_list = resolve_block_list(model, blocks)
     model.eval()
     start = time.perf_counter()
-    if config.act_bits is not None:
+    if recipe.act_bits is not None:
         for block in block_list:
             for layer in supported_layers(block).values():
-                _add_act_quantizer(layer, config.act_bits)
+                _add_act_quantizer(layer, recipe.act_bits)
     quant_stream, contexts = capture_block_inputs(model, block_list, calibration, batch_size)
     float_stream = quant_stream if x_mode == "block" else list(quant_stream)
     results, reports = {}, []
@@ -167,7 +164,7 @@ def quantize_causal_lm(
             float_block, block,
             [_block_call(float_block, *run) for run in zip(float_stream, contexts[index])],
             [_block_call(block, *run) for run in zip(quant_stream, contexts[index])],
-            config, prefix=prefix, stats_dtype=stats_dtype, on_layer=lambda name: bar.update(1),
+            recipe, prefix=prefix, stats_dtype=stats_dtype, on_layer=lambda name: bar.update(1),
         )
         for name, (result, report) in outcome.items():
             results[name] = result
@@ -187,7 +184,7 @@ def quantize_causal_lm(
         "x_mode": x_mode,
         "calibration_windows": int(calibration.shape[0]),
         "calibration_seq_len": int(calibration.shape[1]),
-        "config": config.to_dict(),
+        "recipe": recipe.to_dict(),
         "quantization_time_s": time.perf_counter() - start,
         "algorithms": dict(Counter(report["algorithm"] for report in reports)),
         "layers": reports,

@@ -4,18 +4,17 @@ Uses ``torch.onnx.export(..., dynamo=True)`` (needs ``onnxscript``; the legacy e
 ``aten::diff`` in transformers' mask code). The weights are written as they are in the model — for a
 model quantized by this adapter, the dequantized ``Q`` — so ``qronos quantize`` can pack them. Models
 with input transforms (activation fake-quantization, online rotations) are refused: those are forward
-hooks that an ONNX graph of plain MatMuls would not contain. Written to a temporary file in the target
-folder and renamed at the end.
+hooks that an ONNX graph of plain MatMuls would not contain. Written atomically (qronos_linalg.io).
 """
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from qronos_linalg.io import atomic_output, check_output
 
 from .save import input_transform_specs
 
@@ -37,8 +36,7 @@ class _LogitsOnly(nn.Module):
 def export_causal_lm_onnx(model: nn.Module, path, *, seq_len: int, overwrite: bool = False) -> Path:
     """Write ``model`` as ONNX with a fixed input shape (1, ``seq_len``) int64; returns the path."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True (CLI: --overwrite)")
+    check_output(path, overwrite=overwrite, what="ONNX output")
     if not isinstance(seq_len, int) or seq_len < 1:
         raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
     transforms = input_transform_specs(model)
@@ -48,15 +46,8 @@ def export_causal_lm_onnx(model: nn.Module, path, *, seq_len: int, overwrite: bo
             f"e.g. {next(iter(transforms))!r}); the ONNX export would drop them and compute a different "
             "function. Export a weight-only model (no --act-bits, no --hadamard)."
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     example = torch.zeros((1, seq_len), dtype=torch.int64)
-    try:
-        with torch.no_grad():
-            torch.onnx.export(_LogitsOnly(model).eval(), (example,), str(temporary), dynamo=True,
-                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], external_data=False)
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+    with atomic_output(path, overwrite=overwrite) as temporary, torch.no_grad():
+        torch.onnx.export(_LogitsOnly(model).eval(), (example,), str(temporary), dynamo=True,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], external_data=False)
     return path

@@ -18,22 +18,20 @@ The folder is written under a temporary name and renamed at the end.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from qronos_linalg import UniformGrid
+from qronos_linalg.io import atomic_output
 
 from .actquant import InputTransform, install_input_transforms
 from .hadamard import RandomizedHadamard
 from .layerwise import set_layer_weight
 
 __all__ = ["FORMAT", "QUANTIZATION_JSON", "QUANTIZATION_TENSORS", "REPORT_JSON", "save_quantized",
-           "load_quantized", "input_transform_specs", "write_json_atomic"]
+           "load_quantized", "input_transform_specs"]
 
 FORMAT = "qronos_linalg.quantized_lm/1"
 QUANTIZATION_JSON = "quantization.json"
@@ -51,16 +49,6 @@ def input_transform_specs(model: nn.Module) -> dict[str, dict]:
     return specs
 
 
-def write_json_atomic(path: Path, payload, *, overwrite: bool = False) -> None:
-    """Write JSON to a temporary sibling and rename it onto ``path``; refuses an existing file."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    temporary.write_text(json.dumps(payload, indent=2))
-    os.replace(temporary, path)
-
-
 def _strip_load_time_quantization(model: nn.Module) -> None:
     """Drop the GGUF loader's quantization marker so that the folder loads as plain float weights."""
     if hasattr(model, "hf_quantizer"):
@@ -75,10 +63,6 @@ def save_quantized(model: nn.Module, out_dir, report: dict, *, tokenizer=None, t
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"output folder {out_dir} already exists; pass overwrite=True (CLI: --overwrite)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out_dir.with_name(f".{out_dir.name}.{uuid.uuid4().hex}.tmp")
     specs = input_transform_specs(model)
     results = report["results"]
     state = dict(model.state_dict())  # shared (tied) tensors stay shared, so they are saved once
@@ -107,7 +91,7 @@ def save_quantized(model: nn.Module, out_dir, report: dict, *, tokenizer=None, t
     record = {
         "format": FORMAT,
         "base_model": base_model,
-        "config": report.get("config"),
+        "recipe": report.get("recipe"),
         "x_mode": report.get("x_mode"),
         "blocks": report.get("blocks"),
         "calibration_windows": report.get("calibration_windows"),
@@ -116,7 +100,7 @@ def save_quantized(model: nn.Module, out_dir, report: dict, *, tokenizer=None, t
         "input_transforms": specs,
         "layers": layers,
     }
-    try:
+    with atomic_output(out_dir, overwrite=overwrite) as temporary:
         _strip_load_time_quantization(model)
         model.save_pretrained(temporary, state_dict=state)
         if tokenizer is not None:
@@ -126,16 +110,6 @@ def save_quantized(model: nn.Module, out_dir, report: dict, *, tokenizer=None, t
         layer_reports = [dict(entry) for entry in report["layers"]]
         summary = {key: value for key, value in report.items() if key not in ("layers", "results")}
         (temporary / REPORT_JSON).write_text(json.dumps({**summary, "layers": layer_reports}, indent=2))
-        if out_dir.exists():
-            trash = out_dir.with_name(f".{out_dir.name}.{uuid.uuid4().hex}.old")
-            os.replace(out_dir, trash)
-            os.replace(temporary, out_dir)
-            shutil.rmtree(trash)
-        else:
-            os.replace(temporary, out_dir)
-    finally:
-        if temporary.exists():
-            shutil.rmtree(temporary)
     return out_dir
 
 

@@ -14,18 +14,24 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .hooks import temporary_hooks
 from .rotation import llama_parts
 
-__all__ = ["MIN_SMOOTHING_SCALE", "smoothing_scales", "smooth_llama"]
+__all__ = ["MIN_SMOOTHING_SCALE", "check_smoothquant_alpha", "smoothing_scales", "smooth_llama"]
 
 #: Lower clamp of max|X_j| and max|W_:,j| (a dead channel would otherwise give 0 or inf).
 MIN_SMOOTHING_SCALE = 1e-5
 
 
+def check_smoothquant_alpha(alpha) -> None:
+    """ValueError unless ``alpha`` is None (off) or a number in [0, 1]."""
+    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1):
+        raise ValueError(f"SmoothQuant alpha must be in [0, 1], got {alpha!r}")
+
+
 def smoothing_scales(activation_max: torch.Tensor, weight_max: torch.Tensor, alpha: float) -> torch.Tensor:
     """``s = max|X|^α / max|W|^(1 − α)`` per input channel."""
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"SmoothQuant alpha must be in [0, 1], got {alpha!r}")
+    check_smoothquant_alpha(alpha)
     activation_max = activation_max.clamp(min=MIN_SMOOTHING_SCALE)
     weight_max = weight_max.clamp(min=MIN_SMOOTHING_SCALE)
     return activation_max.pow(alpha) / weight_max.pow(1 - alpha)
@@ -46,14 +52,10 @@ def smooth_llama(model: nn.Module, calibration: torch.Tensor, alpha: float, *, b
             maxima[index] = current if maxima[index] is None else torch.maximum(maxima[index], current)
         return hook
 
-    handles = [norm.register_forward_hook(record(index)) for index, (norm, _) in enumerate(pairs)]
-    try:
-        with torch.no_grad():
-            for start in range(0, calibration.shape[0], batch_size):
-                model(input_ids=calibration[start : start + batch_size], use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
+    norms = {index: norm for index, (norm, _) in enumerate(pairs)}
+    with temporary_hooks(norms, record, kind="post"), torch.no_grad():
+        for start in range(0, calibration.shape[0], batch_size):
+            model(input_ids=calibration[start : start + batch_size], use_cache=False)
     with torch.no_grad():
         for (norm, readers), activation_max in zip(pairs, maxima):
             weight_max = torch.stack([r.weight.detach().abs().amax(dim=0) for r in readers]).amax(dim=0)

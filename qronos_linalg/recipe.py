@@ -1,0 +1,264 @@
+"""One recipe for every adapter: a grid spec, a solver spec, the solver registry and ``solve``.
+
+``solve(W, stats, grid_spec, solver_spec)`` is what the ONNX and the PyTorch adapters call for each
+layer: it fits the grid to the original weights (after MagR if asked), rounds with the registered
+solver, and reports the relative output errors of the solver and of RTN on the same frozen grid,
+``sqrt(‖XWᵀ − X̃Qᵀ‖² / ‖XWᵀ‖²)`` from the statistics (docs/conventions.md). Every parameter is
+validated here, once, when a spec is built — before any calibration runs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from .activations import check_act_bits
+from .backend import backend_of, dtype_name
+from .grid import SEARCH_METHODS, UniformGrid, check_bits, check_group_size, check_search, check_shrink
+from .magr import check_magr_alpha, magr
+from .solvers import (DEFAULT_BLOCK_SIZE, DEFAULT_DAMP, DEFAULT_GPTAQ_ALPHA, QuantResult, gpfq, gptaq, optq,
+                      output_error, qronos, rtn)
+
+#: The statistics a solver can ask for: H = X̃ᵀX̃ and G = X̃ᵀX (H_float = XᵀX only for the report).
+STATISTICS = ("H", "G")
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """How to fit the frozen grid (:meth:`UniformGrid.fit`): bits, group size (None = per channel),
+    symmetric or asymmetric, min-max range shrink β, range search ("minmax" or "mse"), narrow range."""
+
+    bits: int = 4
+    group_size: int | None = None
+    symmetric: bool = False
+    shrink: float = 1.0
+    search: str = "minmax"
+    narrow_range: bool = False
+
+    def __post_init__(self):
+        check_bits(self.bits)
+        check_group_size(self.group_size)
+        check_shrink(self.shrink)
+        check_search(self.search)
+
+    def fit(self, W) -> UniformGrid:
+        return UniformGrid.fit(W, self.bits, symmetric=self.symmetric, group_size=self.group_size,
+                               shrink=self.shrink, search=self.search, narrow_range=self.narrow_range)
+
+
+@dataclass(frozen=True)
+class Solver:
+    """A registered rounding algorithm: ``run(W, H, G, grid, spec)`` and the statistics it needs."""
+
+    name: str
+    statistics: tuple[str, ...]
+    damped: bool
+    run: Callable[..., QuantResult] = field(repr=False)
+    summary: str = ""
+
+    @property
+    def uses_float_inputs(self) -> bool:
+        """Whether the solver fits the float model's X (needs G = X̃ᵀX), not only X̃."""
+        return "G" in self.statistics
+
+
+def _optq_family(spec) -> dict:
+    return {"damp": spec.damping, "block_size": spec.block_size, "act_order": spec.act_order}
+
+
+SOLVERS = {solver.name: solver for solver in (
+    Solver("rtn", (), False, lambda W, H, G, grid, spec: rtn(W, grid), "round to nearest"),
+    Solver("optq", ("H",), True, lambda W, H, G, grid, spec: optq(W, H, grid, **_optq_family(spec)),
+           "OPTQ/GPTQ: min ‖X̃(w − q)‖², error feedback through the Cholesky factor of H⁻¹"),
+    Solver("gpfq", ("H", "G"), False, lambda W, H, G, grid, spec: gpfq(W, H, G, grid, act_order=spec.act_order),
+           "GPFQ: greedy path following of Xw, no diffusion"),
+    Solver("gptaq", ("H", "G"), True,
+           lambda W, H, G, grid, spec: gptaq(W, H, G, grid, alpha=spec.gptaq_alpha, **_optq_family(spec)),
+           "GPTAQ: OPTQ plus the asymmetric term α(X − X̃)ᵀX̃"),
+    Solver("qronos", ("H", "G"), True, lambda W, H, G, grid, spec: qronos(W, H, G, grid, **_optq_family(spec)),
+           "Qronos: correct the past (X̃ vs Xw), shape the future (OPTQ on H)"),
+)}
+#: Algorithm names in registry order.
+ALGORITHMS = tuple(SOLVERS)
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    """Which solver and its settings: relative damping (None = the solver's default), block size,
+    act-order, GPTAQ's α, and MagR's α (None = no MagR) applied to W before the grid is fitted."""
+
+    algorithm: str = "qronos"
+    damp: float | None = None
+    block_size: int = DEFAULT_BLOCK_SIZE
+    act_order: bool = False
+    gptaq_alpha: float = DEFAULT_GPTAQ_ALPHA
+    magr_alpha: float | None = None
+
+    def __post_init__(self):
+        if self.algorithm not in SOLVERS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+        if self.damp is not None:
+            if isinstance(self.damp, bool) or not isinstance(self.damp, (int, float)) or not math.isfinite(self.damp) \
+                    or self.damp < 0:
+                raise ValueError(f"damp must be a finite number >= 0 (or None for the solver's default), got {self.damp!r}")
+            if not self.solver.damped:
+                raise ValueError(f"{self.algorithm} has no damping; drop damp (--damp) or choose "
+                                 f"{' / '.join(name for name, s in SOLVERS.items() if s.damped)}")
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:
+            raise ValueError(f"block_size must be a positive integer, got {self.block_size!r}")
+        if isinstance(self.gptaq_alpha, bool) or not isinstance(self.gptaq_alpha, (int, float)) \
+                or not math.isfinite(self.gptaq_alpha):
+            raise ValueError(f"gptaq_alpha must be a finite number, got {self.gptaq_alpha!r}")
+        check_magr_alpha(self.magr_alpha)
+
+    @property
+    def solver(self) -> Solver:
+        return SOLVERS[self.algorithm]
+
+    @property
+    def damping(self) -> float | None:
+        """The relative damping the solver runs with (None where it has none)."""
+        if not self.solver.damped:
+            return None
+        return DEFAULT_DAMP if self.damp is None else self.damp
+
+    @property
+    def statistics(self) -> tuple[str, ...]:
+        """The statistics this spec needs (MagR needs H even for RTN)."""
+        needed = set(self.solver.statistics) | ({"H"} if self.magr_alpha is not None else set())
+        return tuple(name for name in STATISTICS if name in needed)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything both adapters share: the grid, the solver, and per-token activation bits (None = none)."""
+
+    grid: GridSpec = GridSpec()
+    solver: SolverSpec = SolverSpec()
+    act_bits: int | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.grid, GridSpec) or not isinstance(self.solver, SolverSpec):
+            raise TypeError("Recipe needs a GridSpec and a SolverSpec")
+        check_act_bits(self.act_bits)
+
+    def to_dict(self) -> dict:
+        return {"grid": asdict(self.grid), "solver": asdict(self.solver), "act_bits": self.act_bits}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Recipe":
+        return cls(GridSpec(**data["grid"]), SolverSpec(**data["solver"]), data.get("act_bits"))
+
+
+@dataclass
+class LayerReport:
+    """What ``solve`` did to one layer, with ``error = ‖XWᵀ − X̃Qᵀ‖²``, ``error_rtn`` (RTN on the same grid)
+    and ``reference = ‖XWᵀ‖²`` from the statistics (None when the float statistics were not collected).
+    ``input_gap = ‖X̃ − X‖_F / ‖X‖_F``; ``dead_columns``: inputs that were zero on every sample (rounded to
+    Q(0)); ``note``: why the layer was not solved as asked (e.g. left at RTN)."""
+
+    name: str | None
+    shape: tuple
+    algorithm: str
+    bits: int
+    group_size: int | None
+    samples: int
+    damp: float | None
+    dead_columns: int
+    time_s: float
+    input_gap: float | None = None
+    error: float | None = None
+    error_rtn: float | None = None
+    reference: float | None = None
+    note: str | None = None
+
+    @property
+    def rel_error(self) -> float | None:
+        return _relative(self.error, self.reference)
+
+    @property
+    def rel_error_rtn(self) -> float | None:
+        return _relative(self.error_rtn, self.reference)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "shape": list(self.shape), "rel_error": self.rel_error,
+                "rel_error_rtn": self.rel_error_rtn}
+
+    @classmethod
+    def combine(cls, reports: list["LayerReport"], name: str | None = None) -> "LayerReport":
+        """One report for a layer solved in parts (the groups of a grouped convolution): errors, references,
+        samples of one part, times and dead columns summed, the largest damping, rows stacked."""
+        first = reports[0]
+        damps = [r.damp for r in reports if r.damp is not None]
+        notes = sorted({r.note for r in reports if r.note})
+        total = (lambda key: None if any(getattr(r, key) is None for r in reports)
+                 else sum(getattr(r, key) for r in reports))
+        return cls(
+            name=name or first.name, shape=(sum(r.shape[0] for r in reports), first.shape[1]),
+            algorithm=first.algorithm, bits=first.bits, group_size=first.group_size, samples=first.samples,
+            damp=max(damps) if damps else None, dead_columns=sum(r.dead_columns for r in reports),
+            time_s=sum(r.time_s for r in reports), input_gap=None if len(reports) > 1 else first.input_gap,
+            error=total("error"), error_rtn=total("error_rtn"), reference=total("reference"),
+            note="; ".join(notes) or None,
+        )
+
+
+def _relative(error, reference):
+    if error is None or reference is None:
+        return None
+    return math.sqrt(error / reference) if reference > 0 else 0.0
+
+
+def _input_gap(H, G, H_float) -> float:
+    """``‖X̃ − X‖_F / ‖X‖_F = sqrt((tr H − 2 tr G + tr H_float) / tr H_float)``."""
+    xp = backend_of(H)
+    reference = xp.trace(H_float)
+    gap = xp.trace(H) - 2 * xp.trace(G) + reference
+    return math.sqrt(max(gap, 0.0) / reference) if reference > 0 else 0.0
+
+
+def solve(W, stats, grid_spec: GridSpec, solver_spec: SolverSpec, *, name: str | None = None,
+          errors: bool = True) -> tuple[QuantResult, LayerReport]:
+    """Fit the grid, round W with ``solver_spec``'s solver, and report (see :class:`LayerReport`).
+
+    ``W`` (out × in) is the layer's weight in its stored dtype: the grid is fitted in that dtype, so its
+    scales are exactly representable there, and the solver runs in float64. ``stats``: an object with
+    the statistics the solver needs as attributes ``H``, ``G`` (and ``H_float`` for the errors), e.g.
+    :class:`~qronos_linalg.LayerStats`. A layer whose H is zero (all its calibration inputs were zero)
+    has nothing to fit: it is left at RTN and the report says so. With ``errors=False`` (or without
+    ``H_float``) the report has no errors.
+    """
+    xp = backend_of(W)
+    solver = solver_spec.solver
+    start = time.perf_counter()
+    W64 = xp.cast(W, "float64")
+    H = None if not solver_spec.statistics else xp.asarray(stats.H, "float64", like=W64)
+    G = xp.asarray(stats.G, "float64", like=W64) if "G" in solver_spec.statistics else None
+    target = W64 if solver_spec.magr_alpha is None else magr(W64, H, solver_spec.magr_alpha)
+    grid = grid_spec.fit(xp.cast(target, dtype_name(W)))
+    note = None
+    dead = 0 if H is None else int((xp.diag(H) == 0).sum())
+    if H is not None and dead == W.shape[1]:
+        result, note = rtn(target, grid), "H = 0 (every calibration input of this layer was zero): left at RTN"
+    else:
+        result = solver.run(target, H, G, grid, solver_spec)
+    elapsed = time.perf_counter() - start
+    report = LayerReport(name=name or stats.name, shape=tuple(W.shape), algorithm=solver.name, bits=grid.bits,
+                         group_size=grid.group_size, samples=int(stats.count), damp=result.damp, dead_columns=dead,
+                         time_s=elapsed, note=note)
+    if errors:
+        H_all = xp.asarray(stats.H, "float64", like=W64)
+        G_all = xp.asarray(stats.G, "float64", like=W64)
+        H_float = xp.asarray(stats.H_float, "float64", like=W64)
+        report.reference = max(xp.to_scalar(((W64 @ H_float) * W64).sum()), 0.0)
+        rtn_weight = result.weight if result.algorithm == "rtn" else rtn(target, grid).weight
+        report.error_rtn = output_error(W64, rtn_weight, H_all, G_all, H_float)
+        report.error = output_error(W64, result.weight, H_all, G_all, H_float)
+        report.input_gap = _input_gap(H_all, G_all, H_float)
+    return result, report
+
+
+__all__ = ["ALGORITHMS", "SEARCH_METHODS", "SOLVERS", "STATISTICS", "GridSpec", "LayerReport", "Recipe",
+           "Solver", "SolverSpec", "solve"]
