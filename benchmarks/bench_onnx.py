@@ -21,8 +21,8 @@ import onnxruntime as ort
 
 from qronos_linalg.adapters.onnx import minilm, quantize_onnx, save_model
 from qronos_linalg.io import write_text_atomic
+from qronos_linalg.recipe import ALGORITHMS
 
-ALGORITHMS = ("rtn", "optq", "gpfq", "gptaq", "qronos")
 BITS, GROUP = 4, 32
 DEPTH_ALGORITHMS = ("rtn", "qronos")
 INFERENCE_REPEATS = 5

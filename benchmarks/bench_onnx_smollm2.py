@@ -19,10 +19,11 @@ rerun reuses finished rows unless ``--fresh``. Writes docs/results_onnx_smollm2.
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/bench_onnx_smollm2.py
 
 About 75 minutes on 2 shared cores (onnxruntime's GPTQ alone takes 27 of them; ``--no-ort-gptq`` skips it).
-Everything runs on one thread: BLAS/numba through the environment variables (set to 1 here if unset),
-torch through ``torch.set_num_threads``, and every onnxruntime session, including the adapter's stage
-sessions and onnxruntime's GPTQ calibration session, through a ``SessionOptions`` default of one
-intra-op and one inter-op thread installed by this script (the adapter sets no thread count itself).
+Everything runs on ``--threads`` threads (default 1): BLAS/numba through the environment variables (set to
+1 here if unset), torch through ``torch.set_num_threads``, the adapter's stage sessions through
+``quantize_onnx(..., threads=)``, this script's evaluation sessions through the adapter's
+``session_options``. onnxruntime's own quantizer takes no thread count: only while it runs, its
+``SessionOptions`` default is set to the same count (:func:`onnxruntime_threads`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", 
     os.environ.setdefault(_variable, "1")
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
@@ -47,43 +49,52 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
+from qronos_linalg.adapters.onnx.staging import session_options  # noqa: E402
 from qronos_linalg.adapters.torch.onnx_export import INPUT_NAME as INPUT  # noqa: E402
 from qronos_linalg.adapters.torch.onnx_export import OUTPUT_NAME as OUTPUT  # noqa: E402
 from qronos_linalg.adapters.torch.onnx_export import export_causal_lm_onnx  # noqa: E402
+from qronos_linalg.io import atomic_output, write_text_atomic  # noqa: E402
+from qronos_linalg.recipe import ALGORITHMS  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results_onnx_smollm2.md"
 BITS, GROUP = 4, 128
-DEFAULT_ALGORITHMS = ("rtn", "optq", "gpfq", "gptaq", "qronos")
+DEFAULT_ALGORITHMS = ALGORITHMS
 DEPTH_ALGORITHM = "qronos"
 INFERENCE_REPEATS = 2
-_BaseSessionOptions = ort.SessionOptions
-
-
-class OneThreadSessionOptions(_BaseSessionOptions):
-    """onnxruntime SessionOptions whose default is one intra-op and one inter-op thread."""
-
-    threads = 1
-
-    def __init__(self):
-        super().__init__()
-        self.intra_op_num_threads = self.threads
-        self.inter_op_num_threads = self.threads
+THREADS = 1  # set from --threads in main()
 
 
 def limit_threads(threads: int) -> None:
-    """One thread for torch and for every onnxruntime session created through ``ort.SessionOptions()``."""
+    """``threads`` for torch, the adapter's stage sessions and this script's sessions."""
     import torch
 
+    global THREADS
+    THREADS = threads
     torch.set_num_threads(threads)
-    OneThreadSessionOptions.threads = threads
-    ort.SessionOptions = OneThreadSessionOptions  # the adapter's stages and onnxruntime's GPTQ call this
+
+
+@contextlib.contextmanager
+def onnxruntime_threads(threads: int):
+    """While onnxruntime's MatMulNBitsQuantizer runs (it takes no thread count), sessions it opens with
+    ``ort.SessionOptions()`` default to ``threads`` intra- and inter-op threads."""
+    original = ort.SessionOptions
+
+    class Limited(original):
+        def __init__(self):
+            super().__init__()
+            self.intra_op_num_threads = threads
+            self.inter_op_num_threads = threads
+
+    ort.SessionOptions = Limited
+    try:
+        yield
+    finally:
+        ort.SessionOptions = original
 
 
 def session(source) -> ort.InferenceSession:
-    options = OneThreadSessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(source), session_options(THREADS), providers=["CPUExecutionProvider"])
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -121,9 +132,8 @@ def token_windows(cache: pathlib.Path, seq_len: int, calib: int, evaluation: int
             "calibration": text_windows(tokenizer, "calibration", seq_len, calib).numpy(),
             "evaluation": text_windows(tokenizer, "evaluation", seq_len, evaluation).numpy(),
         }
-        temporary = path.with_name(f".{path.stem}.tmp.npz")
-        np.savez(temporary, **arrays)
-        temporary.replace(path)
+        with atomic_output(path, overwrite=True) as temporary, open(temporary, "wb") as stream:
+            np.savez(stream, **arrays)
     with np.load(path) as archive:
         return archive["calibration"], archive["evaluation"]
 
@@ -228,7 +238,7 @@ def ours(algo: str, model_path: pathlib.Path, calibration: list, folder: pathlib
     config = {"algo": algo, "bits": BITS, "group_size": GROUP, "sym": sym, "format": "matmulnbits",
               "include": include, "exclude": exclude}
     start = time.perf_counter()
-    model, report = quantize_onnx(model_path, calibration, config)
+    model, report = quantize_onnx(model_path, calibration, config, threads=THREADS)
     elapsed = time.perf_counter() - start
     layers = report["layers"]
     row = {
@@ -268,7 +278,8 @@ def onnxruntime_quantizer(kind: str, model_path: pathlib.Path, calibration: list
                                                 block_size=128, actorder=False, mse=False, perchannel=True)
         quantizer = MatMulNBitsQuantizer(onnx.load(str(model_path)), bits=BITS, block_size=GROUP,
                                          is_symmetric=sym, algo_config=algo_config)
-    quantizer.process()
+    with onnxruntime_threads(THREADS):
+        quantizer.process()
     elapsed = time.perf_counter() - start
     path = folder / f"onnxruntime-{kind}{'-sym' if sym else ''}.onnx"
     onnx.save_model(quantizer.model.model, str(path))
@@ -319,9 +330,7 @@ class Rows:
             start = time.perf_counter()
             self.rows[key] = compute()
             self.rows[key]["row_wall_s"] = time.perf_counter() - start
-            temporary = self.path.with_name(f".{self.path.name}.tmp")
-            temporary.write_text(json.dumps(self.rows, indent=1))
-            temporary.replace(self.path)
+            write_text_atomic(self.path, json.dumps(self.rows, indent=1), overwrite=True)
             shown = {k: v for k, v in self.rows[key].items() if k not in ("names", "skipped")}
             print(f"[{time.strftime('%H:%M:%S')}] {key}: {shown}", flush=True)
         return self.rows[key]
@@ -573,9 +582,7 @@ def write_results(path: pathlib.Path, results: list, depth: list, facts: dict, a
         lines += ["", "The time grows linearly with the number of layers (each node runs once per stream); the "
                   "fixed cost of loading, checking and folding the model is included in every row."]
     text = "\n".join(lines) + "\n"
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    temporary.replace(path)
+    write_text_atomic(path, text, overwrite=True)
     return text
 
 

@@ -35,13 +35,17 @@ from pathlib import Path
 
 import torch
 
+from qronos_linalg.adapters.torch import X_MODES
+from qronos_linalg.io import write_text_atomic
+from qronos_linalg.recipe import ALGORITHMS, SOLVERS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 FLOAT = "float"
 SETTINGS = {
     "W4 per-channel asym": {"bits": 4},
     "W3 g128 asym": {"bits": 3, "group_size": 128},
-    "W2 g64 + Hadamard + MagR + β=0.8": {"bits": 2, "group_size": 64, "hadamard": True, "magr_alpha": 0.001,
+    "W2 g64 + Hadamard + MagR + β=0.8": {"bits": 2, "group_size": 64, "hadamard": True, "magr": 0.001,
                                          "shrink": 0.8},
     "W4A8 per-channel + Hadamard": {"bits": 4, "act_bits": 8, "hadamard": True},
     "W4A4 per-channel + Hadamard": {"bits": 4, "act_bits": 4, "hadamard": True},
@@ -50,10 +54,8 @@ SETTINGS = {
     "W3 g128 asym, damp 0.1": {"bits": 3, "group_size": 128, "damp": 0.1},
     "W4A4 per-channel + Hadamard, damp 0.1": {"bits": 4, "act_bits": 4, "hadamard": True, "damp": 0.1},
 }
-ALGORITHMS = ("rtn", "optq", "gpfq", "gptaq", "qronos")
-DAMPED = ("optq", "gptaq", "qronos")
-USES_X = ("gpfq", "gptaq", "qronos")
-X_MODES = ("float", "block")
+DAMPED = tuple(name for name, solver in SOLVERS.items() if solver.damped)
+USES_X = tuple(name for name, solver in SOLVERS.items() if solver.uses_float_inputs)
 #: Keys of the windows that make stored rows comparable; a results file with other values is refused.
 WINDOW_KEYS = ("calib_windows", "eval_windows", "seq_len")
 
@@ -121,9 +123,10 @@ def row_key(row: dict) -> tuple:
 
 def run_one(model_name: str, setting: str, algorithm: str, x_mode: str | None, windows_file: Path) -> dict:
     """Quantize (unless float) and evaluate one configuration in this process."""
-    from qronos_linalg.adapters.torch import QuantConfig, perplexity, quantize_causal_lm
+    from qronos_linalg.adapters.torch import perplexity, quantize_causal_lm
     from qronos_linalg.adapters.torch.data import load_model
     from qronos_linalg.adapters.torch.rotation import rotate_llama
+    from qronos_linalg.options import recipe_from_options
 
     torch.manual_seed(0)
     windows = torch.load(windows_file)
@@ -136,7 +139,7 @@ def run_one(model_name: str, setting: str, algorithm: str, x_mode: str | None, w
         if hadamard:
             rotate_llama(model, seed=0)
         # x_mode only matters for the algorithms that use X; pass the adapter default for the others.
-        quantize_causal_lm(model, windows["calibration"], QuantConfig(algorithm=algorithm, **options),
+        quantize_causal_lm(model, windows["calibration"], recipe_from_options({"algo": algorithm, **options}),
                            x_mode=x_mode or "float", progress=False)
         quant_time = time.perf_counter() - start
     start = time.perf_counter()
@@ -174,12 +177,6 @@ def load_results(model: Model, windows: dict) -> list[dict]:
     return stored["rows"]
 
 
-def replace_file(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
 def store_row(model: Model, row: dict, windows: dict) -> None:
     """Add (or replace) one row in the results file, under a lock so that concurrent runs keep each
     other's rows, and rebuild the table."""
@@ -193,8 +190,9 @@ def save(model: Model, rows: list[dict], windows: dict) -> None:
     """Store the rows (table order) and rebuild the table from them."""
     order = {key: index for index, key in enumerate(all_rows(model))}
     rows = sorted(rows, key=lambda row: order[row_key(row)])
-    replace_file(model.results, json.dumps({**windows, "rows": rows}, indent=1, ensure_ascii=False) + "\n")
-    replace_file(model.table, table(model, rows, windows))
+    write_text_atomic(model.results, json.dumps({**windows, "rows": rows}, indent=1, ensure_ascii=False) + "\n",
+                      overwrite=True)
+    write_text_atomic(model.table, table(model, rows, windows), overwrite=True)
 
 
 def table(model: Model, rows: list[dict], windows: dict) -> str:

@@ -7,7 +7,8 @@ here from :data:`qronos_linalg.options.OPTIONS`, plus ``--config FILE`` (YAML/JS
 ``--report``, ``--overwrite``, ``--quiet``, ``--json``, ``--seed`` and ``--threads``.
 
 Exit codes: 0 done; 2 bad input (a one-line ``qronos COMMAND: error: …``, nothing written): every
-ValueError (validation) and OSError (missing, unreadable or existing files); 130 interrupted (Ctrl-C or
+ValueError (validation), OSError (missing, unreadable or existing files) and ModuleNotFoundError (an optional
+dependency not installed); 130 interrupted (Ctrl-C or
 SIGTERM; temporary outputs are removed). Any other error is a bug and keeps its traceback.
 """
 
@@ -18,6 +19,7 @@ import contextlib
 import importlib.metadata
 import importlib.util
 import json
+import os
 import signal
 import sys
 
@@ -35,6 +37,13 @@ NOT_CONFIGURABLE = ("config", "overwrite", "quiet", "json", "report", "func", "c
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the descriptions' line breaks; every flag's help already states its default."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``qronos quantize: error: …``, exit 2) instead of usage + error."""
+
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 class Settings:
@@ -128,6 +137,14 @@ def add_common_arguments(parser: argparse.ArgumentParser, settings: Settings, *,
                  group=group)
 
 
+def require(*modules: str) -> None:
+    """ModuleNotFoundError naming the first of ``modules`` that is not installed (checked without importing
+    it, so that registering a command stays cheap)."""
+    for name in modules:
+        if importlib.util.find_spec(name) is None:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
 def set_threads(threads: int | None) -> None:
     """Limit torch (if installed) and Numba to ``threads``; onnxruntime sessions take it as a parameter."""
     if threads is None:
@@ -183,7 +200,7 @@ def _commands():
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="qronos", formatter_class=HelpFormatter,
         description="Post-training quantization as least-squares rounding: RTN, OPTQ/GPTQ, GPFQ, GPTAQ and Qronos "
                     "on ONNX graphs and PyTorch language models. 'qronos COMMAND --help' lists each command's flags; "
@@ -199,12 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     unavailable = []
     for entry in _commands():
         try:
-            register = entry.load()
+            entry.load()(subparsers)  # registering checks the command's dependencies first
         except ModuleNotFoundError as missing:
             extra = ",".join(entry.extras) or entry.name
             unavailable.append(f"{entry.name}: needs {missing.name!r} (pip install 'qronos_linalg[{extra}]')")
-            continue
-        register(subparsers)
     if unavailable:
         parser.epilog = "Commands not available here: " + "; ".join(unavailable)
     return parser
@@ -235,20 +250,28 @@ def _sigterm_as_interrupt():
 
 
 def main(argv=None) -> int:
+    """Run ``qronos`` with ``argv`` (default: the command line); returns the exit code (``--help`` and
+    ``--version``: 0)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:  # --help, --version, or a usage error already printed
+        return exit_request.code
     if not hasattr(args, "func"):
         parser.print_help()
         return EXIT_BAD_INPUT
     with _sigterm_as_interrupt():
         try:
             return args.func(args)
-        except (ValueError, OSError) as error:
+        except (ValueError, OSError, ModuleNotFoundError) as error:
             print(f"qronos {args.command}: error: {_one_line(error)}", file=sys.stderr)
             return EXIT_BAD_INPUT
         except KeyboardInterrupt:
             print(f"qronos {args.command}: interrupted (temporary files removed)", file=sys.stderr)
             return EXIT_INTERRUPTED
+        except BrokenPipeError:  # stdout closed early (e.g. piped into head): not an error of the command
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
 
 
 if __name__ == "__main__":

@@ -95,3 +95,25 @@ def constant_and_folded_weights(rng, width=32):
 def samples(rng, shape, count):
     """Calibration feed dicts for a single float input named x."""
     return [{"x": rng.standard_normal(shape).astype(np.float32)} for _ in range(count)]
+
+
+def token_embedding_mlp(rng, vocab=50, width=16, out=8):
+    """ids (batch, seq) int64 → Gather(E) → · mask (batch, seq) → MatMul: two inputs sharing named dims."""
+    table = rng.standard_normal((vocab, width)).astype(np.float32)
+    weight = (rng.standard_normal((width, out)) / np.sqrt(width)).astype(np.float32)
+    inits = [numpy_helper.from_array(table, "E"), numpy_helper.from_array(weight, "B"),
+             numpy_helper.from_array(np.array([-1], np.int64), "last")]
+    nodes = [
+        helper.make_node("Gather", ["E", "ids"], ["emb"], name="embed"),
+        helper.make_node("Unsqueeze", ["mask", "last"], ["mask3"], name="mask3"),
+        helper.make_node("Mul", ["emb", "mask3"], ["masked"], name="apply_mask"),
+        helper.make_node("MatMul", ["masked", "B"], ["y"], name="fc"),
+    ]
+    inputs = [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"]),
+              helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["batch", "seq"])]
+    return make_model(nodes, inputs, [float_output("y", 3)], inits)
+
+
+def token_samples(rng, count, seq, vocab=50):
+    return [{"ids": rng.integers(0, vocab, (1, seq)).astype(np.int64), "mask": np.ones((1, seq), np.float32)}
+            for _ in range(count)]

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,7 +19,7 @@ SOLVERS = {
 
 @settings(max_examples=25, deadline=None, derandomize=True)
 @given(problem_options, st.booleans(), st.integers(1, 8))
-def test_numpy_and_torch_float64_give_the_same_codes(opts, act_order, block_size):
+def test_numpy_and_torch_float64_give_the_same_codes(torch, opts, act_order, block_size):
     p = make_problem(**opts, noise=0.4)
     tensors = [torch.from_numpy(M.copy()) for M in (p.W, p.H, p.G)]
     torch_grid = UniformGrid(torch.from_numpy(p.grid.scale.copy()), torch.from_numpy(p.grid.zero.copy()),
@@ -51,7 +50,7 @@ def test_result_follows_the_weight_dtype_and_equals_its_grid_dequantization(name
     assert np.mean(result.codes == result64.codes) > 0.97
 
 
-def test_torch_half_precision_weights_are_solved_in_float32_and_returned_in_half():
+def test_torch_half_precision_weights_are_solved_in_float32_and_returned_in_half(torch):
     p = make_problem(6, out=4, n=16)
     W = torch.from_numpy(p.W).to(torch.bfloat16)
     grid = UniformGrid.fit(W.float(), 4)
@@ -68,7 +67,7 @@ def test_unsupported_array_type_is_rejected():
 @settings(max_examples=30, deadline=None, derandomize=True)
 @given(st.integers(1, 40), st.integers(1, 12), st.sampled_from(["optq", "qronos", "gptaq", "gpfq"]),
        st.integers(0, 2**16))
-def test_torch_device_loop_equals_the_numba_kernel(out, width, kind, seed):
+def test_torch_device_loop_equals_the_numba_kernel(torch, out, width, kind, seed):
     """The per-column torch loop (used on GPUs, which CI lacks) equals the Numba kernel on the same block."""
     from qronos_linalg.kernels import round_block_numpy, round_block_torch
 
@@ -113,7 +112,7 @@ print(torch.get_num_threads())
 """
 
 
-def test_solvers_on_torch_tensors_keep_the_callers_torch_thread_count():
+def test_solvers_on_torch_tensors_keep_the_callers_torch_thread_count(torch):
     """Numba's OpenMP layer resets the OpenMP thread count torch shares on its first launch in a
     process; run in a fresh interpreter so that launch happens inside the solver."""
     import os
@@ -125,3 +124,18 @@ def test_solvers_on_torch_tensors_keep_the_callers_torch_thread_count():
     child = subprocess.run([sys.executable, "-c", THREAD_CHECK], capture_output=True, text=True, env=environment,
                            check=True)
     assert child.stdout.strip().splitlines()[-1] == "1"
+
+
+@pytest.mark.parametrize("name", list(SOLVERS))
+def test_torch_weights_that_require_grad_are_detached_and_bfloat16_returned_as_bfloat16(torch, name):
+    p = make_problem(7, out=5, n=24, bits=3, group_size=8)
+    W = torch.from_numpy(p.W).requires_grad_(True)
+    H, G = torch.from_numpy(p.H), torch.from_numpy(p.G)
+    grid = UniformGrid(torch.from_numpy(p.grid.scale.copy()), torch.from_numpy(p.grid.zero.copy()), 3, group_size=8)
+    result = SOLVERS[name](p, W, H, G, grid)
+    assert not result.weight.requires_grad and W.requires_grad
+    expected = SOLVERS[name](p, p.W, p.H, p.G, p.grid)
+    np.testing.assert_array_equal(result.codes.numpy(), expected.codes)
+    half = SOLVERS[name](p, W.detach().to(torch.bfloat16), H, G, grid)
+    assert half.weight.dtype == torch.bfloat16
+    assert torch.equal(half.weight, grid.dequantize(half.codes, "float32").to(torch.bfloat16))

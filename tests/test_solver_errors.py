@@ -93,3 +93,43 @@ def test_indefinite_hessian_past_the_cap_raises_with_advice():
 def test_default_damping_is_used_and_reported(problem):
     assert optq(problem.W, problem.H, problem.grid).damp == 0.01
     assert qronos(problem.W, problem.H, problem.G, problem.grid, damp=0).damp == 0
+
+
+@pytest.mark.parametrize("name", SOLVERS_WITH_H)
+def test_missing_statistics_are_named(problem, name):
+    p = problem
+    with pytest.raises(ValueError, match=r"H is required: the layer statistic H = X̃ᵀX̃ \(6 × 6\)"):
+        SOLVERS_WITH_H[name](p.W, None, p.G, p.grid)
+    if name != "optq":
+        with pytest.raises(ValueError, match=r"G is required: the layer statistic G = X̃ᵀX"):
+            SOLVERS_WITH_H[name](p.W, p.H, None, p.grid)
+    with pytest.raises(TypeError, match="H must be a numpy.ndarray or torch.Tensor, got list"):
+        SOLVERS_WITH_H[name](p.W, p.H.tolist(), p.G, p.grid)
+
+
+@pytest.mark.parametrize("name", SOLVERS_WITH_H)
+def test_one_triangle_or_a_non_symmetric_h_is_refused(problem, name):
+    p = problem
+    for H in (np.triu(p.H), np.tril(p.H), p.H + 1e-3 * np.abs(p.H).max() * np.triu(np.ones_like(p.H), 1)):
+        with pytest.raises(ValueError, match="H must be symmetric"):
+            SOLVERS_WITH_H[name](p.W, H, p.G, p.grid)
+    jitter = p.H + 1e-9 * np.abs(p.H).max() * np.triu(np.ones_like(p.H), 1)  # accumulation-order noise is fine
+    SOLVERS_WITH_H[name](p.W, jitter, p.G, p.grid)
+
+
+@pytest.mark.parametrize("name", SOLVERS_WITH_H)
+def test_zero_h_is_refused_instead_of_zeroing_the_layer(problem, name):
+    p = problem
+    with pytest.raises(ValueError, match="H is zero: every input column of this layer was zero"):
+        SOLVERS_WITH_H[name](p.W, 0 * p.H, 0 * p.G, p.grid)
+
+
+@pytest.mark.parametrize("name", ["rtn", *SOLVERS_WITH_H])
+def test_integer_weights_are_solved_in_float32_and_returned_as_floats_on_the_grid(problem, name):
+    p = problem
+    W = np.rint(4 * p.W).astype(np.int64)
+    grid = UniformGrid.fit(W.astype(np.float32), 4)
+    result = rtn(W, grid) if name == "rtn" else SOLVERS_WITH_H[name](W, p.H, p.G, grid)
+    assert result.weight.dtype == np.float32
+    np.testing.assert_array_equal(result.weight, grid.dequantize(result.codes, "float32"))
+    assert not np.array_equal(result.weight, np.rint(result.weight))  # not truncated to integers

@@ -1,7 +1,6 @@
 """Efficient solvers equal their direct definitions, code for code (float64)."""
 
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,7 +26,7 @@ def test_batched_accumulation_equals_full_products(seed, n, batch_sizes):
     assert stats.G[0, 1] == pytest.approx(X_tilde[:, 0] @ X[:, 1])  # G[i, j] = <X̃_i, X_j>
 
 
-def test_leading_dimensions_are_flattened_and_torch_stays_torch():
+def test_leading_dimensions_are_flattened_and_torch_stays_torch(torch):
     X = torch.randn(2, 5, 3, dtype=torch.float32)
     stats = LayerStats(3)
     stats.update(X)

@@ -72,3 +72,49 @@ def test_weight_only_model_is_exported_to_onnx_and_activation_quantized_one_refu
     assert cli.main(["quantize-lm", *common, "-o", str(tmp_path / "w"), "--onnx", str(tmp_path / "w.onnx")]) == 0
     session = ort.InferenceSession(str(tmp_path / "w.onnx"), providers=["CPUExecutionProvider"])
     assert [i.shape for i in session.get_inputs()] == [[1, SEQ_LEN]]
+
+
+@pytest.mark.parametrize("flags, needles", [
+    (["--bits", "1"], ["bits must be an integer in [2, 8]"]),
+    (["--bits", "9"], ["bits must be an integer in [2, 8]"]),
+    (["--group-size", "0"], ["group_size must be a positive integer"]),
+    (["--damp", "-1"], ["damp must be a finite number >= 0"]),
+    (["--damp", "inf"], ["damp must be a finite number >= 0"]),
+    (["--smoothquant", "2"], ["SmoothQuant alpha must be in [0, 1]"]),
+    (["--x-mode", "both"], ["--x-mode", "must be one of"]),
+    (["--text-file", "absent.txt"], ["--text-file absent.txt does not exist"]),
+    (["--windows", "0"], ["--windows must be at least 1"]),
+    (["--windows", "1000"], ["asked for 1000 windows"]),
+    ([], ["neither a packaged model", "no config.json"]),
+    (["-o", "no/such/folder/q"], ["does not exist"]),
+])
+def test_bad_quantize_lm_inputs_exit_2_with_one_line_and_write_nothing(tmp_path, model_folder, text_file, capsys,
+                                                                       monkeypatch, flags, needles):
+    monkeypatch.chdir(tmp_path)
+    model = "not-a-model" if not flags else str(model_folder)
+    argv = ["quantize-lm", model, "--text-file", str(text_file), "--seq-len", str(SEQ_LEN), "--windows", "2",
+            "-o", "q", "--quiet", *flags]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("qronos quantize-lm: error: "), err
+    assert all(needle in err[0] for needle in needles), err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("case, needles", [
+    ("missing model", ["neither a packaged model"]),
+    ("missing text", ["does not exist"]),
+    ("zero windows", ["--windows must be at least 1"]),
+    ("existing report", ["already exists", "--overwrite"]),
+])
+def test_bad_eval_inputs_exit_2_with_one_line(tmp_path, model_folder, text_file, capsys, case, needles):
+    model = "absent" if case == "missing model" else str(model_folder)
+    text = tmp_path / "absent.txt" if case == "missing text" else text_file
+    windows = "0" if case == "zero windows" else "1"
+    (tmp_path / "r.json").write_text("keep")
+    report = ["--report", str(tmp_path / "r.json")] if case == "existing report" else []
+    assert cli.main(["eval-ppl", model, "--text-file", str(text), "--seq-len", str(SEQ_LEN), "--windows", windows,
+                     "--quiet", *report]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and all(needle in err[0] for needle in needles), err
+    assert (tmp_path / "r.json").read_text() == "keep"

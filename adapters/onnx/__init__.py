@@ -1,30 +1,31 @@
-"""ONNX adapter: layer-by-layer quantization of MatMul/Gemm/Conv weights, MatMulNBits or QDQ output."""
+"""ONNX adapter: layer-by-layer quantization of MatMul/Gemm/Conv weights, MatMulNBits or QDQ output.
 
-from .calibration import load_calibration
-from .config import DEFAULT_RECIPE, QuantConfig
-from .errors import (
-    CalibrationError,
-    ConfigError,
-    InvalidModelError,
-    NoQuantizableLayerError,
-    NonFiniteActivationError,
-    OnnxAdapterError,
-    OutputExistsError,
-)
-from .export import save_model
-from .quantize import quantize_onnx
+Import as ``qronos_linalg.adapters.onnx`` (the top-level ``adapters/`` folder of the repository is
+installed under ``qronos_linalg``). The names below load their submodule (and onnx) on first use, so
+that ``qronos --help`` stays fast.
+"""
 
-__all__ = [
-    "quantize_onnx",
-    "save_model",
-    "load_calibration",
-    "QuantConfig",
-    "DEFAULT_RECIPE",
-    "OnnxAdapterError",
-    "InvalidModelError",
-    "CalibrationError",
-    "ConfigError",
-    "NoQuantizableLayerError",
-    "NonFiniteActivationError",
-    "OutputExistsError",
-]
+import importlib
+
+#: Public name → submodule that defines it.
+_EXPORTS = {
+    "quantize_onnx": "quantize",
+    "save_model": "export",
+    "load_calibration": "calibration",
+    "QuantConfig": "config",
+    "DEFAULT_RECIPE": "config",
+    "OnnxAdapterError": "errors",
+    "InvalidModelError": "errors",
+    "CalibrationError": "errors",
+    "ConfigError": "errors",
+    "NoQuantizableLayerError": "errors",
+    "NonFiniteActivationError": "errors",
+    "OutputExistsError": "errors",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -54,9 +54,24 @@ def load_calibration(source, graph: onnx.GraphProto, nsamples: int | None = None
         )
     if not samples:
         raise CalibrationError("calibration source yields no samples")
+    vocabularies = index_ranges(graph)
     for index, sample in enumerate(samples):
-        check_sample(sample, inputs, f"calibration sample {index}")
+        check_sample(sample, inputs, f"calibration sample {index}", vocabularies)
     return samples
+
+
+def index_ranges(graph: onnx.GraphProto) -> dict:
+    """``{graph input: rows}`` for integer inputs used as the indices of a Gather over a constant table
+    (token ids into an embedding): valid ids are ``0 … rows − 1``."""
+    tables = {t.name: t.dims[0] for t in graph.initializer if len(t.dims) >= 1}
+    names = {i.name for i in graph_inputs(graph)}
+    ranges = {}
+    for node in graph.node:
+        if node.op_type == "Gather" and len(node.input) == 2 and node.input[1] in names and node.input[0] in tables:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            if axis == 0:
+                ranges[node.input[1]] = min(ranges.get(node.input[1], tables[node.input[0]]), tables[node.input[0]])
+    return ranges
 
 
 def _subset(samples: list, nsamples, seed) -> list:
@@ -115,9 +130,12 @@ def _check_names(given: set, expected: list, where: str) -> None:
         )
 
 
-def check_sample(sample: dict, inputs: list, where: str) -> None:
-    """Names, dtypes, ranks and fixed dimensions of one feed dict against the graph inputs."""
+def check_sample(sample: dict, inputs: list, where: str, row_counts: dict | None = None) -> None:
+    """Names, dtypes, ranks and fixed dimensions of one feed dict against the graph inputs; inputs that
+    share a named dimension (e.g. ``sequence_length`` of ids and mask) must agree on its size; token ids
+    must lie in their embedding's range (``row_counts``: see :func:`index_ranges`)."""
     _check_names(set(sample), [i.name for i in inputs], where)
+    named = {}
     for value_info in inputs:
         array = sample[value_info.name]
         if not isinstance(array, np.ndarray):
@@ -134,3 +152,17 @@ def check_sample(sample: dict, inputs: list, where: str) -> None:
                 raise CalibrationError(
                     f"{where}: input {value_info.name!r} has shape {list(array.shape)}, the graph expects {shown}"
                 )
+            for dim, size in zip(tensor_type.shape.dim, array.shape):
+                if dim.HasField("dim_param") and dim.dim_param:
+                    first = named.setdefault(dim.dim_param, (value_info.name, size))
+                    if first[1] != size:
+                        raise CalibrationError(
+                            f"{where}: inputs {first[0]!r} and {value_info.name!r} disagree on dimension "
+                            f"{dim.dim_param!r} ({first[1]} vs {size})"
+                        )
+        rows = (row_counts or {}).get(value_info.name)
+        if rows is not None and array.size and (array.min() < 0 or array.max() >= rows):
+            raise CalibrationError(
+                f"{where}: input {value_info.name!r} indexes a table of {rows} rows, but its values run from "
+                f"{array.min()} to {array.max()} (token ids out of vocabulary?)"
+            )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pathlib
 import time
 
-from qronos_linalg.cli import HelpFormatter, Settings, add_common_arguments, emit, layer_table, set_threads
+from qronos_linalg.cli import HelpFormatter, Settings, add_common_arguments, emit, layer_table, require, set_threads
 from qronos_linalg.io import check_output, status, write_json_atomic
 from qronos_linalg.options import parse_choice, parse_optional_int
 
@@ -17,7 +17,8 @@ ADAPTER_KEYS = ("format", "accuracy_level", "nsamples", "include", "exclude", "e
 
 
 def register(subparsers) -> None:
-    """Add the ``quantize`` subcommand."""
+    """Add the ``quantize`` subcommand (ModuleNotFoundError if onnx or onnxruntime is missing)."""
+    require("onnx", "onnxruntime")
     p = subparsers.add_parser(
         "quantize",
         help="quantize an ONNX model's MatMul/Gemm/Conv weights (default: packaged MiniLM)",

@@ -263,7 +263,10 @@ def save_model(model: onnx.ModelProto, path, *, overwrite: bool = False, externa
         if external:
             onnx.save_model(copy, str(scratch_model), save_as_external_data=True, all_tensors_to_one_file=True,
                             location=written[1].name, size_threshold=EXTERNAL_DATA_MIN_TENSOR_BYTES)
-            os.replace(scratch / written[1].name, written[1])
+            if (scratch / written[1].name).exists():
+                os.replace(scratch / written[1].name, written[1])
+            else:  # every tensor was below EXTERNAL_DATA_MIN_TENSOR_BYTES: all stayed inline
+                written = written[:1]
         else:
             onnx.save_model(copy, str(scratch_model))
         os.replace(scratch_model, path)

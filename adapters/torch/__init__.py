@@ -1,24 +1,39 @@
 """PyTorch adapter: layer-wise quantization of ``nn.Module`` s and a two-stream pipeline for causal LMs.
 
-Import as ``qronos_linalg.adapters.torch``. Main entry points: :func:`quantize_module` (any module),
+Import as ``qronos_linalg.adapters.torch`` (the top-level ``adapters/`` folder of the repository is
+installed under ``qronos_linalg``). Main entry points: :func:`quantize_module` (any module),
 :func:`quantize_causal_lm` (Hugging Face decoder LMs), :func:`save_quantized` / :func:`load_quantized`,
 :func:`~qronos_linalg.adapters.torch.onnx_export.export_causal_lm_onnx` (hand-off to the ONNX adapter),
 and the transforms :func:`rotate_llama` (randomized Hadamard) and :func:`smooth_llama` (SmoothQuant).
 The rounding settings are the core's :class:`qronos_linalg.recipe.Recipe`, shared with the ONNX adapter.
+The names below load their submodule (and torch) on first use, so that ``qronos --help`` stays fast.
 """
 
-from .actquant import InputTransform
-from .hadamard import RandomizedHadamard, hadamard_matrix
-from .layerwise import quantize_module, solve_layer
-from .lm import find_block_list, perplexity, quantize_causal_lm
+import importlib
 
-__all__ = [
-    "InputTransform",
-    "RandomizedHadamard",
-    "find_block_list",
-    "hadamard_matrix",
-    "perplexity",
-    "quantize_causal_lm",
-    "quantize_module",
-    "solve_layer",
-]
+#: Meanings of X, the float target of the solvers that use it: the true float model, or the float block
+#: applied to the quantized stream (Brevitas' definition). See :func:`quantize_causal_lm`.
+X_MODES = ("float", "block")
+
+#: Public name → submodule that defines it.
+_EXPORTS = {
+    "InputTransform": "actquant",
+    "RandomizedHadamard": "hadamard",
+    "hadamard_matrix": "hadamard",
+    "quantize_module": "layerwise",
+    "solve_layer": "layerwise",
+    "find_block_list": "lm",
+    "perplexity": "lm",
+    "quantize_causal_lm": "lm",
+    "rotate_llama": "rotation",
+    "smooth_llama": "smoothquant",
+    "save_quantized": "save",
+    "load_quantized": "save",
+}
+__all__ = ["X_MODES", *_EXPORTS]
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -8,12 +8,12 @@ import resource
 import time
 from pathlib import Path
 
-from qronos_linalg.cli import HelpFormatter, Settings, add_common_arguments, emit, layer_table, set_threads
+from qronos_linalg.cli import HelpFormatter, Settings, add_common_arguments, emit, layer_table, require, set_threads
 from qronos_linalg.io import check_output, status, write_json_atomic
 from qronos_linalg.options import parse_choice, parse_int, parse_optional_float
 from qronos_linalg.recipe import Recipe
 
-from .lm import X_MODES
+from . import X_MODES
 
 __all__ = ["register", "quantize_lm", "eval_ppl", "DEFAULT_SEQ_LEN", "DEFAULT_CALIB_WINDOWS", "DEFAULT_EVAL_WINDOWS",
            "DEFAULT_RECIPE"]
@@ -38,6 +38,8 @@ def _add_text_options(settings: Settings, parser, default_windows: int, what: st
 
 
 def register(subparsers) -> None:
+    """Add ``quantize-lm`` and ``eval-ppl`` (ModuleNotFoundError if torch or transformers is missing)."""
+    require("torch", "transformers")
     quantize = subparsers.add_parser(
         "quantize-lm", help="quantize a causal LM block by block and save it", formatter_class=HelpFormatter,
         description="Quantize every linear of a causal LM's decoder blocks with the two-stream block pipeline "
@@ -106,18 +108,10 @@ def _peak_memory_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _check_model_argument(model: str) -> None:
-    from .data import PACKAGED_MODELS
-
-    if model not in PACKAGED_MODELS and not (Path(model) / "config.json").is_file():
-        raise FileNotFoundError(f"model {model!r} is neither a packaged model ({', '.join(PACKAGED_MODELS)}) nor a "
-                                "Hugging Face folder (no config.json)")
-
-
 def quantize_lm(args) -> int:
     import torch
 
-    from .data import load_model
+    from .data import check_model_name, load_float_model, load_tokenizer, model_folder, quiet_transformers
     from .lm import quantize_causal_lm
     from .rotation import rotate_llama
     from .save import save_quantized
@@ -128,7 +122,7 @@ def quantize_lm(args) -> int:
     recipe = args.settings.recipe(values)
     check_smoothquant_alpha(values["smoothquant"])
     _check_text_file(values)
-    _check_model_argument(args.model)
+    check_model_name(args.model)
     check_output(args.output, overwrite=args.overwrite, what="output folder")
     report_path = None if args.report is None else check_output(args.report, overwrite=args.overwrite, what="report")
     if args.onnx is not None:
@@ -140,9 +134,13 @@ def quantize_lm(args) -> int:
     set_threads(values["threads"])
     torch.manual_seed(values["seed"])
     quiet = args.quiet
+    if quiet:
+        quiet_transformers()
     status(f"loading {args.model}", enabled=not quiet)
-    model, tokenizer, folder = load_model(args.model)
+    folder = model_folder(args.model)
+    tokenizer = load_tokenizer(folder)
     calibration = _windows(tokenizer, values, "calibration")
+    model = load_float_model(folder)
     start = time.perf_counter()
     transforms = {}
     if values["smoothquant"] is not None:
@@ -189,24 +187,23 @@ def _mean(values) -> float | None:
 
 
 def eval_ppl(args) -> int:
-    from .data import PACKAGED_MODELS, load_model
+    from .data import PACKAGED_MODELS, check_model_name, load_float_model, load_tokenizer, model_folder, \
+        quiet_transformers
     from .lm import perplexity
     from .save import load_quantized
 
     values = args.settings.resolve(args)
     _check_text_file(values)
-    _check_model_argument(args.model)
+    check_model_name(args.model)
     report_path = None if args.report is None else check_output(args.report, overwrite=args.overwrite, what="report")
     set_threads(values["threads"])
+    if args.quiet:
+        quiet_transformers()
     status(f"loading {args.model}", enabled=not args.quiet)
-    if args.model in PACKAGED_MODELS:
-        model, tokenizer, _ = load_model(args.model)
-    else:
-        from transformers import AutoTokenizer
-
-        model, _record = load_quantized(args.model)
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
+    folder = model_folder(args.model)
+    tokenizer = load_tokenizer(folder)
     windows = _windows(tokenizer, values, "evaluation")
+    model = load_float_model(folder) if args.model in PACKAGED_MODELS else load_quantized(folder)[0]
     start = time.perf_counter()
     value = perplexity(model, windows, progress=not args.quiet)
     result = {

@@ -32,7 +32,12 @@ __all__ = [
     "PACKAGED_MODELS",
     "CALIBRATION_EVERY",
     "packaged_model_folder",
+    "check_model_name",
+    "model_folder",
+    "load_tokenizer",
+    "load_float_model",
     "load_model",
+    "quiet_transformers",
     "wiki_articles",
     "split_articles",
     "token_windows",
@@ -99,20 +104,46 @@ def packaged_model_folder(name: str) -> Path:
     return cached
 
 
-def load_model(name_or_folder: str):
-    """``(model, tokenizer, folder)`` for a packaged model name (``PACKAGED_MODELS``) or a Hugging Face folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    packaged = name_or_folder in PACKAGED_MODELS
-    folder = packaged_model_folder(name_or_folder) if packaged else Path(name_or_folder)
-    if not (folder / "config.json").exists():
+def check_model_name(name_or_folder: str) -> None:
+    """FileNotFoundError unless ``name_or_folder`` is a packaged model name or a folder with a config.json."""
+    if name_or_folder not in PACKAGED_MODELS and not (Path(name_or_folder) / "config.json").is_file():
         raise FileNotFoundError(
             f"{name_or_folder!r} is neither a packaged model ({', '.join(PACKAGED_MODELS)}) nor a Hugging Face "
             "model folder (no config.json)"
         )
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    return model, tokenizer, folder
+
+
+def model_folder(name_or_folder: str) -> Path:
+    """The Hugging Face folder of a packaged model name (created on first use) or the folder itself."""
+    check_model_name(name_or_folder)
+    return packaged_model_folder(name_or_folder) if name_or_folder in PACKAGED_MODELS else Path(name_or_folder)
+
+
+def load_tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def load_float_model(folder: Path):
+    """The model of a Hugging Face folder in float32, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+def load_model(name_or_folder: str):
+    """``(model, tokenizer, folder)`` for a packaged model name (``PACKAGED_MODELS``) or a Hugging Face folder."""
+    folder = model_folder(name_or_folder)
+    return load_float_model(folder), load_tokenizer(folder), folder
+
+
+def quiet_transformers() -> None:
+    """No progress bars or warnings from transformers (``--quiet``)."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
 
 
 _QUOTES = re.compile(r"'{2,}")

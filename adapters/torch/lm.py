@@ -25,20 +25,17 @@ from torch import nn
 from .actquant import InputTransform
 from qronos_linalg.recipe import Recipe
 
+from . import X_MODES
 from .hooks import StopForward, run_until_stopped, temporary_hooks
 from .layerwise import float_copy, quantize_layers_in_block, supported_layers
 
 __all__ = [
-    "X_MODES",
     "find_block_list",
     "resolve_block_list",
     "capture_block_inputs",
     "quantize_causal_lm",
     "perplexity",
 ]
-
-X_MODES = ("float", "block")
-
 
 def find_block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """The longest ``nn.ModuleList`` whose entries all have one class and contain a supported layer."""

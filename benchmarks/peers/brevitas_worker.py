@@ -188,6 +188,7 @@ def main(argv=None):
             run_gpxq(torch, model, calibration, args.algo, args.gpxq_mode, args.act_order, args.qronos_alpha)
         grid = materialize(torch, model, bits, group_size)
     rss_quant = common.peak_rss_mib()
+    common.save_weights(model, args.save_weights)
     if grid["n_quantized_linears"] != n_linears:
         raise AssertionError(f"quantized {grid['n_quantized_linears']} linears, expected {n_linears}")
 

@@ -61,6 +61,8 @@ def base_parser(description: str, algos: list[str]) -> argparse.ArgumentParser:
     p.add_argument("--n-calibration", type=int, default=None, help="use only the first N calibration windows")
     p.add_argument("--n-eval", type=int, default=None, help="use only the first N windows of each eval text")
     p.add_argument("--tag", default="", help="free text copied into the row")
+    p.add_argument("--save-weights", default=None,
+                   help="torch.save the dequantized block-linear weights {name: (out, in) fp32} to this file")
     return p
 
 
@@ -109,6 +111,13 @@ def block_linears(model):
         if isinstance(module, nn.Linear):
             out.append((f"{BLOCKS}.{name}", module))
     return out
+
+
+def save_weights(model, path: str | None) -> None:
+    if path:
+        import torch
+
+        torch.save({name: m.weight.detach().clone() for name, m in block_linears(model)}, path)
 
 
 def peak_rss_mib() -> float:

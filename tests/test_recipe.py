@@ -1,0 +1,161 @@
+"""The shared recipe: specs validate once, ``solve`` equals the solvers it dispatches to, options round-trip."""
+
+import argparse
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qronos_linalg import LayerStats, UniformGrid, gpfq, gptaq, optq, output_error, qronos, rtn
+from qronos_linalg.cli import Settings
+from qronos_linalg.options import ConfigError, recipe_from_options, recipe_to_options
+from qronos_linalg.recipe import ALGORITHMS, SOLVERS, GridSpec, LayerReport, Recipe, SolverSpec, solve
+from qronos_linalg.solvers import DEFAULT_DAMP
+from solver_problems import make_problem
+
+DIRECT = {
+    "rtn": lambda W, s, grid, spec: rtn(W, grid),
+    "optq": lambda W, s, grid, spec: optq(W, s.H, grid, damp=spec.damping, block_size=spec.block_size,
+                                          act_order=spec.act_order),
+    "gpfq": lambda W, s, grid, spec: gpfq(W, s.H, s.G, grid, act_order=spec.act_order),
+    "gptaq": lambda W, s, grid, spec: gptaq(W, s.H, s.G, grid, alpha=spec.gptaq_alpha, damp=spec.damping,
+                                            block_size=spec.block_size, act_order=spec.act_order),
+    "qronos": lambda W, s, grid, spec: qronos(W, s.H, s.G, grid, damp=spec.damping, block_size=spec.block_size,
+                                              act_order=spec.act_order),
+}
+
+
+class Statistics:
+    """Statistics of a problem from solver_problems, with the attributes ``solve`` reads."""
+
+    def __init__(self, p, name="layer"):
+        self.H, self.G, self.H_float, self.count, self.name = p.H, p.G, p.X.T @ p.X, p.X.shape[0], name
+
+
+def test_the_registry_lists_every_algorithm_with_its_statistics():
+    assert ALGORITHMS == ("rtn", "optq", "gpfq", "gptaq", "qronos") == tuple(DIRECT)
+    assert {name: s.statistics for name, s in SOLVERS.items()} == {
+        "rtn": (), "optq": ("H",), "gpfq": ("H", "G"), "gptaq": ("H", "G"), "qronos": ("H", "G")}
+    assert [name for name, s in SOLVERS.items() if s.damped] == ["optq", "gptaq", "qronos"]
+    assert SolverSpec("rtn", magr_alpha=0.1).statistics == ("H",)
+    assert SolverSpec("optq").damping == DEFAULT_DAMP and SolverSpec("gpfq").damping is None
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(st.sampled_from(ALGORITHMS), st.integers(0, 10_000), st.sampled_from([2, 3, 4, 8]),
+       st.sampled_from([None, 4, 8]), st.booleans(), st.booleans(), st.sampled_from([None, 0.0, 0.05]))
+def test_solve_equals_the_solver_it_dispatches_to_and_reports_the_statistics_errors(algorithm, seed, bits, group,
+                                                                                   symmetric, act_order, damp):
+    p = make_problem(seed, out=5, n=16, bits=bits, group_size=group, noise=0.3)
+    damp = damp if SOLVERS[algorithm].damped else None
+    grid_spec = GridSpec(bits=bits, group_size=group, symmetric=symmetric)
+    spec = SolverSpec(algorithm, damp=damp, act_order=act_order, block_size=4)
+    stats = Statistics(p)
+    result, report = solve(p.W, stats, grid_spec, spec)
+    grid = UniformGrid.fit(p.W, bits, group_size=group, symmetric=symmetric)
+    expected = DIRECT[algorithm](p.W, stats, grid, spec)
+    np.testing.assert_array_equal(result.codes, expected.codes)
+    np.testing.assert_array_equal(result.grid.scale, grid.scale)
+    reference = float(((p.W @ stats.H_float) * p.W).sum())
+    assert report.reference == pytest.approx(reference, rel=1e-12)
+    error = output_error(p.W, expected.weight, p.H, p.G, stats.H_float)
+    error_rtn = output_error(p.W, rtn(p.W, grid).weight, p.H, p.G, stats.H_float)
+    assert report.rel_error == pytest.approx(math.sqrt(error / reference), rel=1e-9, abs=1e-12)
+    assert report.rel_error_rtn == pytest.approx(math.sqrt(error_rtn / reference), rel=1e-9, abs=1e-12)
+    assert (report.algorithm, report.bits, report.group_size, report.damp) == (algorithm, bits, group, expected.damp)
+    assert report.samples == p.X.shape[0] and report.dead_columns == 0 and report.note is None
+
+
+def test_a_layer_whose_h_is_zero_is_left_at_rtn_with_a_note():
+    p = make_problem(1, out=4, n=8)
+    stats = Statistics(p)
+    stats.H, stats.G, stats.H_float = 0 * p.H, 0 * p.G, 0 * stats.H_float
+    result, report = solve(p.W, stats, GridSpec(bits=3), SolverSpec("qronos"))
+    np.testing.assert_array_equal(result.codes, rtn(p.W, UniformGrid.fit(p.W, 3)).codes)
+    assert report.note.startswith("H = 0") and report.dead_columns == 8 and report.damp is None
+    assert report.rel_error == 0.0
+
+
+def test_errors_can_be_skipped_and_dead_columns_are_counted():
+    p = make_problem(2, out=4, n=8)
+    stats = Statistics(p)
+    for M in (stats.H, stats.G, stats.H_float):
+        M[:, 3] = 0
+        M[3, :] = 0
+    _, report = solve(p.W, stats, GridSpec(), SolverSpec("optq"), errors=False)
+    assert report.dead_columns == 1 and report.rel_error is None and report.input_gap is None
+
+
+def test_reports_of_parts_combine_into_one():
+    p = make_problem(3, out=6, n=8)
+    halves = [solve(p.W[k * 3 : (k + 1) * 3], Statistics(p), GridSpec(), SolverSpec("optq"))[1] for k in (0, 1)]
+    whole = solve(p.W, Statistics(p), GridSpec(), SolverSpec("optq"))[1]
+    combined = LayerReport.combine(halves, name="both")
+    assert combined.name == "both" and combined.shape == (6, 8)
+    assert combined.rel_error == pytest.approx(whole.rel_error, rel=1e-12)
+    assert combined.rel_error_rtn == pytest.approx(whole.rel_error_rtn, rel=1e-12)
+
+
+recipes = st.builds(
+    Recipe,
+    grid=st.builds(GridSpec, bits=st.integers(2, 8), group_size=st.sampled_from([None, 16, 32, 128]),
+                   symmetric=st.booleans(), shrink=st.sampled_from([1.0, 0.8, 0.5]),
+                   search=st.sampled_from(["minmax", "mse"])),
+    solver=st.one_of(
+        st.builds(SolverSpec, algorithm=st.sampled_from(["optq", "gptaq", "qronos"]),
+                  damp=st.sampled_from([None, 0.0, 0.01, 0.1]), block_size=st.integers(1, 256),
+                  act_order=st.booleans(), gptaq_alpha=st.sampled_from([0.0, 0.25, 1.0]),
+                  magr_alpha=st.sampled_from([None, 0.001])),
+        st.builds(SolverSpec, algorithm=st.sampled_from(["rtn", "gpfq"]), act_order=st.booleans())),
+    act_bits=st.sampled_from([None, 4, 8]),
+)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(recipes)
+def test_options_round_trip_and_text_parses_to_the_same_recipe(recipe):
+    options = recipe_to_options(recipe)
+    assert recipe_from_options(options) == recipe
+    as_text = {key: ("none" if value is None else str(value).lower() if isinstance(value, bool) else str(value))
+               for key, value in options.items()}
+    assert recipe_from_options(as_text) == recipe
+    assert Recipe.from_dict(recipe.to_dict()) == recipe
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"algorithm": "optq"}, "unknown recipe option 'algorithm'"),
+    ({"bits": "many"}, "bits must be an integer, got 'many'"),
+    ({"bits": 1}, r"bits must be an integer in \[2, 8\]"),
+    ({"damp": "1e-2x"}, "damp must be a number"),
+    ({"group_size": "channels"}, "group_size must be an integer"),
+    ({"sym": "maybe"}, "sym must be true or false"),
+    ({"algo": "gpfq", "damp": 0.1}, "gpfq has no damping"),
+])
+def test_bad_options_raise_config_errors_naming_the_key(options, message):
+    with pytest.raises(ConfigError, match=message):
+        recipe_from_options(options)
+
+
+def test_settings_take_defaults_then_the_config_file_then_the_flags(tmp_path):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config")
+    settings = Settings(parser, Recipe(GridSpec(group_size=32)))
+    settings.add("--width", dest="width", default=7, type=int, help="a setting")
+    (tmp_path / "c.yaml").write_text("bits: 3\ngroup-size: 64\nwidth: '9'\nact_order: yes\n")
+    values = settings.resolve(parser.parse_args(["--config", str(tmp_path / "c.yaml"), "--bits", "5"]))
+    recipe = settings.recipe(values)
+    assert (recipe.grid.bits, recipe.grid.group_size, recipe.solver.act_order, values["width"]) == (5, 64, True, 9)
+    assert settings.recipe(settings.resolve(parser.parse_args([]))) == Recipe(GridSpec(group_size=32))
+    (tmp_path / "bad.json").write_text('{"kernel": 3}')
+    with pytest.raises(ConfigError, match="unknown configuration key 'kernel'"):
+        settings.resolve(parser.parse_args(["--config", str(tmp_path / "bad.json")]))
+
+
+def test_layer_stats_feed_solve_directly():
+    p = make_problem(4, out=3, n=8)
+    stats = LayerStats(8, name="fc")
+    stats.update(p.X, p.X_tilde)
+    result, report = solve(p.W, stats, GridSpec(bits=4), SolverSpec("qronos"))
+    assert report.name == "fc" and report.samples == p.X.shape[0] and 0 < report.input_gap
