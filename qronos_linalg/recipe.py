@@ -225,11 +225,14 @@ def solve(W, stats, grid_spec: GridSpec, solver_spec: SolverSpec, *, name: str |
 
     ``W`` (out × in) is the layer's weight in its stored dtype: the grid is fitted in that dtype, so its
     scales are exactly representable there, and the solver runs in float64. ``stats``: an object with
-    the statistics the solver needs as attributes ``H``, ``G`` (and ``H_float`` for the errors), e.g.
-    :class:`~qronos_linalg.LayerStats`. A layer whose H is zero (all its calibration inputs were zero)
-    has nothing to fit: it is left at RTN and the report says so. With ``errors=False`` (or without
-    ``H_float``) the report has no errors.
+    the statistics the solver needs as attributes ``H``, ``G`` (and ``H_float`` for the errors), ``count``
+    and ``name``, e.g. :class:`~qronos_linalg.LayerStats`; None for a recipe that needs none (RTN) without
+    errors. A layer whose H is zero (all its calibration inputs were zero) has nothing to fit: it is left
+    at RTN and the report says so. With ``errors=False`` the report has no errors.
     """
+    if stats is None and (solver_spec.statistics or errors):
+        raise ValueError(f"{solver_spec.algorithm} needs layer statistics {solver_spec.statistics or ()}"
+                         f"{' and the errors need H, G, H_float' if errors else ''}; got stats=None")
     xp = backend_of(W)
     solver = solver_spec.solver
     start = time.perf_counter()
@@ -245,9 +248,9 @@ def solve(W, stats, grid_spec: GridSpec, solver_spec: SolverSpec, *, name: str |
     else:
         result = solver.run(target, H, G, grid, solver_spec)
     elapsed = time.perf_counter() - start
-    report = LayerReport(name=name or stats.name, shape=tuple(W.shape), algorithm=solver.name, bits=grid.bits,
-                         group_size=grid.group_size, samples=int(stats.count), damp=result.damp, dead_columns=dead,
-                         time_s=elapsed, note=note)
+    report = LayerReport(name=name or getattr(stats, "name", None), shape=tuple(W.shape), algorithm=solver.name,
+                         bits=grid.bits, group_size=grid.group_size, samples=int(getattr(stats, "count", 0)),
+                         damp=result.damp, dead_columns=dead, time_s=elapsed, note=note)
     if errors:
         H_all = xp.asarray(stats.H, "float64", like=W64)
         G_all = xp.asarray(stats.G, "float64", like=W64)

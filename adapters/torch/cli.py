@@ -64,8 +64,10 @@ def register(subparsers) -> None:
     settings.add("--blocks", dest="blocks", default=None, metavar="PATH", group=lm_group,
                  help="dotted path of the decoder-block ModuleList (none: found automatically)")
     _add_text_options(settings, quantize, DEFAULT_CALIB_WINDOWS, "calibration")
-    add_common_arguments(quantize, settings, report_help="also write the per-layer JSON report here (it is always "
-                                                         "saved in the output folder)")
+    add_common_arguments(quantize, settings, report_help="also write the per-layer JSON report here, with each "
+                         "layer's output errors against RTN: they need the float stream and G, H_float, so RTN "
+                         "and OPTQ run calibration forwards they otherwise skip (the folder always gets the report, "
+                         "without errors unless --report)")
     quantize.set_defaults(func=quantize_lm, settings=settings)
 
     evaluate = subparsers.add_parser("eval-ppl", help="perplexity of a (quantized or float) causal LM",
@@ -148,7 +150,7 @@ def quantize_lm(args) -> int:
     if values["hadamard"]:
         transforms["hadamard"] = rotate_llama(model, values["hadamard_seed"])
     report = quantize_causal_lm(model, calibration, recipe, blocks=values["blocks"], x_mode=values["x_mode"],
-                                progress=not quiet)
+                                errors=report_path is not None, progress=not quiet)
     report["total_time_s"] = time.perf_counter() - start
     report["peak_memory_mib"] = _peak_memory_mib()
     save_quantized(model, args.output, report, tokenizer=tokenizer, transforms=transforms,

@@ -12,14 +12,17 @@ solved in the order the model first calls them, each after every earlier group i
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from qronos_linalg import LayerStats
+from qronos_linalg.stats import STATISTIC_NAMES
 from qronos_linalg.recipe import Recipe, solve
 
 from .actquant import InputTransform
@@ -119,21 +122,44 @@ def discover_groups(block: nn.Module, layer_names: list[str], run) -> list[list[
     return groups
 
 
-def capture_inputs(block: nn.Module, layer_names: list[str], run) -> dict[str, torch.Tensor]:
-    """Inputs (samples × in_features, after any input transform) of the named layers in one forward."""
+def capture_inputs(block: nn.Module, layer_names: list[str], run, *, stop: bool = True):
+    """``(inputs, output)``: the inputs (samples × in_features, after any input transform) of the named
+    layers in one forward, and the forward's output — or None with ``stop``, which ends the forward as
+    soon as every input is captured."""
     captured: dict[str, torch.Tensor] = {}
 
     def capture(name):
         def hook(module, args):
             captured[name] = layer_input_matrix(module, args[0]).detach()
-            if len(captured) == len(layer_names):
+            if stop and len(captured) == len(layer_names):
                 raise StopForward
 
         return hook
 
+    output = None
     with temporary_hooks(named_modules(block, layer_names), capture), torch.no_grad():
-        run_until_stopped(run)
-    return captured
+        if stop:
+            run_until_stopped(run)
+        else:
+            output = run()
+    return captured, output
+
+
+class PhaseTimer:
+    """Seconds spent per phase of the pipeline (``with timer.phase("statistics"): ...``)."""
+
+    PHASES = ("float_forward", "quantized_forward", "statistics", "solve")
+
+    def __init__(self):
+        self.seconds = dict.fromkeys(self.PHASES, 0.0)
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
 
 
 def _transform_key(module: nn.Module) -> str:
@@ -149,11 +175,13 @@ def _stats_sharing(group: list[str], modules: dict[str, nn.Module]) -> list[list
     return list(by_key.values())
 
 
-def solve_layer(layer: nn.Module, stats: LayerStats, recipe: Recipe, *, name: str | None = None):
+def solve_layer(layer: nn.Module, stats: LayerStats | None, recipe: Recipe, *, name: str | None = None,
+                errors: bool = True):
     """Round the layer's weight with the shared recipe (:func:`qronos_linalg.recipe.solve`) in float64;
-    returns ``(result, report dict)``. The layer's weight is left unchanged."""
+    returns ``(result, report dict)``. The layer's weight is left unchanged. ``stats`` may be None for a
+    recipe that needs no statistics (RTN without errors)."""
     result, report = solve(layer_weight_matrix(layer).to(torch.float64), stats, recipe.grid, recipe.solver,
-                           name=name)
+                           name=name, errors=errors)
     return result, report.to_dict()
 
 
@@ -168,57 +196,92 @@ def float_copy(block: nn.Module) -> nn.Module:
     return clone
 
 
+def needed_statistics(recipe: Recipe, errors: bool) -> tuple[str, ...]:
+    """The layer statistics a run accumulates: the solver's, and G and H_float for the report's errors."""
+    needed = set(recipe.solver.statistics) | ({"H", "G", "H_float"} if errors else set())
+    return tuple(name for name in STATISTIC_NAMES if name in needed)
+
+
 def quantize_layers_in_block(
-    float_block: nn.Module,
+    float_block: nn.Module | None,
     quant_block: nn.Module,
-    float_runs: list,
+    float_runs: list | None,
     quant_runs: list,
     recipe: Recipe,
     *,
     prefix: str = "",
     layer_names: list[str] | None = None,
     stats_dtype: str = "float64",
+    product_dtype: str | None = None,
+    errors: bool = True,
+    keep_float_outputs: bool = False,
     on_layer=None,
-) -> dict[str, tuple]:
-    """Quantize the supported layers of ``quant_block`` in place, group after group.
+    timer: PhaseTimer | None = None,
+):
+    """Quantize the supported layers of ``quant_block`` in place, group after group; returns
+    ``({name: (result, report)}, float outputs)``.
 
     ``float_runs[i]()`` / ``quant_runs[i]()`` forward calibration batch i through ``float_block`` /
-    ``quant_block``; X comes from the former (captured once for every layer of the block and kept for
-    the block's duration) and X̃ from the latter (once per group, after the earlier groups are quantized).
-    Layers of a group with the same input transform share one LayerStats. Returns ``{name: (result, report)}``
-    with names prefixed by ``prefix``; ``on_layer(name)`` is called after each layer.
+    ``quant_block``. X (needed for G and for the errors only) comes from one float forward per batch that
+    captures the inputs of every group at once; with ``keep_float_outputs`` it runs to the end and its
+    outputs (the float stream's next state) are returned, else it stops after the last capture and None
+    is returned. X̃ comes from the quantized block, once per group after the earlier groups are quantized,
+    each forward stopped as soon as the group's inputs are captured. Where X̃ equals X bitwise (the first
+    group when X is the float block on the quantized stream), the statistics take one product for both.
+    Layers of a group with the same input transform share one LayerStats, which keeps only the statistics
+    the solver needs (plus G and H_float with ``errors``). Names are prefixed by ``prefix``;
+    ``on_layer(name)`` is called after each layer; ``timer`` collects the seconds per phase.
     """
+    timer = timer or PhaseTimer()
     if layer_names is None:
         layer_names = list(supported_layers(quant_block))
     if not layer_names:
-        return {}
-    groups = discover_groups(float_block, layer_names, float_runs[0])
+        return {}, None
+    statistics = needed_statistics(recipe, errors)
+    needs_x = "G" in statistics or "H_float" in statistics
+    if needs_x and (float_block is None or float_runs is None):
+        raise ValueError(f"{recipe.solver.algorithm} (with errors={errors}) needs the float model's inputs X")
+    with timer.phase("float_forward" if needs_x else "quantized_forward"):
+        groups = discover_groups(float_block if needs_x else quant_block, layer_names,
+                                 float_runs[0] if needs_x else quant_runs[0])
     quant_modules = dict(quant_block.named_modules())
     sharings = [_stats_sharing(group, quant_modules) for group in groups]
-    # X does not depend on the quantized block, so one float forward per batch serves every group.
-    all_representatives = [members[0] for sharing in sharings for members in sharing]
-    float_inputs = [capture_inputs(float_block, all_representatives, run) for run in float_runs]
+    float_inputs, float_outputs = None, None
+    if needs_x:  # X does not depend on the quantized block: one float forward per batch serves every group
+        all_representatives = [members[0] for sharing in sharings for members in sharing]
+        with timer.phase("float_forward"):
+            captures = [capture_inputs(float_block, all_representatives, run, stop=not keep_float_outputs)
+                        for run in float_runs]
+        float_inputs = [inputs for inputs, _ in captures]
+        float_outputs = [output for _, output in captures] if keep_float_outputs else None
+        del captures
     outcome = {}
     for group, sharing in zip(groups, sharings):
         stats = {}
         for members in sharing:
             label = prefix + members[0] + (f" (shared by {', '.join(members[1:])})" if len(members) > 1 else "")
             in_features = layer_weight_matrix(quant_modules[members[0]]).shape[1]
-            shared = LayerStats(in_features, dtype=stats_dtype, name=label)
+            shared = LayerStats(in_features, dtype=stats_dtype, product_dtype=product_dtype, name=label,
+                                statistics=statistics)
             stats.update({name: shared for name in members})
         representatives = [members[0] for members in sharing]
-        for X, quant_run in zip(float_inputs, quant_runs):
-            X_tilde = capture_inputs(quant_block, representatives, quant_run)
-            for name in representatives:
-                stats[name].update(X[name], X_tilde[name])
-        for name in group:
-            layer = quant_modules[name]
-            result, report = solve_layer(layer, stats[name], recipe, name=prefix + name)
-            set_layer_weight(layer, result.weight)
-            outcome[prefix + name] = (result, report)
-            if on_layer is not None:
-                on_layer(prefix + name)
-    return outcome
+        for batch, quant_run in enumerate(quant_runs):
+            with timer.phase("quantized_forward"):
+                X_tilde, _ = capture_inputs(quant_block, representatives, quant_run)
+            with timer.phase("statistics"):
+                for name in representatives:
+                    X = None if float_inputs is None else float_inputs[batch].pop(name)
+                    same = X is not None and torch.equal(X, X_tilde[name])
+                    stats[name].update(X if X is not None else X_tilde[name], None if same else X_tilde[name])
+        with timer.phase("solve"):
+            for name in group:
+                layer = quant_modules[name]
+                result, report = solve_layer(layer, stats[name], recipe, name=prefix + name, errors=errors)
+                set_layer_weight(layer, result.weight)
+                outcome[prefix + name] = (result, report)
+                if on_layer is not None:
+                    on_layer(prefix + name)
+    return outcome, float_outputs
 
 
 def _forward_call(module: nn.Module, batch):
@@ -254,9 +317,10 @@ def quantize_module(model: nn.Module, calibration, recipe: Recipe, *, stats_dtyp
     if recipe.act_bits is not None:
         for layer in layers.values():
             layer.register_forward_pre_hook(InputTransform(None, recipe.act_bits))
-    return quantize_layers_in_block(
+    outcome, _ = quantize_layers_in_block(
         float_model, model,
         [_forward_call(float_model, batch) for batch in calibration],
         [_forward_call(model, batch) for batch in calibration],
         recipe, layer_names=list(layers), stats_dtype=stats_dtype, on_layer=on_layer,
     )
+    return outcome

@@ -22,12 +22,14 @@ from collections import Counter
 import torch
 from torch import nn
 
-from .actquant import InputTransform
+from qronos_linalg.io import progress as progress_bar
 from qronos_linalg.recipe import Recipe
 
 from . import X_MODES
+from .actquant import InputTransform
 from .hooks import StopForward, run_until_stopped, temporary_hooks
-from .layerwise import float_copy, quantize_layers_in_block, supported_layers
+from .layerwise import PhaseTimer, float_copy, needed_statistics, quantize_layers_in_block, set_layer_weight, \
+    solve_layer, supported_layers
 
 __all__ = [
     "find_block_list",
@@ -73,18 +75,25 @@ def capture_block_inputs(model: nn.Module, block_list: nn.ModuleList, windows: t
     """``(hidden, contexts)``: the hidden states entering the first block, one tensor per batch of token
     windows (n × seq), and ``contexts[b][i] = (other positional args, keyword args)`` that block b receives
     for batch i. Blocks may differ in these (Gemma 3 alternates sliding-window and global attention, with
-    different masks and rotary tables), so each block's are recorded from one float forward per batch that
-    stops at the last block; they hold shared references, not copies per block."""
+    different masks and rotary tables), so each block's are recorded. They depend on the batch's shape
+    only (causal masks and rotary tables of token ids without padding), so one float forward, stopped at
+    the last block, records them for the first batch of each shape, and every other batch runs only the
+    embeddings (it stops at the first block). The contexts are shared references, not copies."""
     hidden, contexts = [], [[] for _ in block_list]
+    recorded: dict[tuple, list] = {}  # batch shape → the (args, kwargs) of every block
     last = len(block_list) - 1
 
     def recorder(index: int):
         def hook(module, args, kwargs):
             if not args:
                 raise ValueError(f"{type(module).__name__} received no positional hidden-states argument")
+            shape = tuple(args[0].shape)
             if index == 0:
                 hidden.append(args[0])
-            contexts[index].append((args[1:], kwargs))
+                if shape in recorded:
+                    raise StopForward
+                recorded[shape] = []
+            recorded[shape].append((args[1:], kwargs))
             if index == last:
                 raise StopForward
 
@@ -94,6 +103,9 @@ def capture_block_inputs(model: nn.Module, block_list: nn.ModuleList, windows: t
         for start in range(0, windows.shape[0], batch_size):
             batch = windows[start : start + batch_size]
             run_until_stopped(lambda: model(input_ids=batch, use_cache=False))
+    for state in hidden:
+        for index, context in enumerate(recorded[tuple(state.shape)]):
+            contexts[index].append(context)
     return hidden, contexts
 
 
@@ -102,27 +114,35 @@ def _block_call(block: nn.Module, hidden: torch.Tensor, context: tuple):
     return lambda: block(hidden, *args, **kwargs)
 
 
+def _hidden_of(output) -> torch.Tensor:
+    """A block's output hidden states (blocks return them alone or first in a tuple)."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _checked(states: list, label: str, block_name: str) -> list:
+    for state in states:
+        if not torch.isfinite(state).all():
+            raise ValueError(f"non-finite hidden states in the {label} stream after block {block_name!r}")
+    return states
+
+
 def _advance(block: nn.Module, stream: list, contexts: list, label: str, block_name: str) -> list:
-    advanced = []
     with torch.no_grad():
-        for hidden, context in zip(stream, contexts):
-            output = _block_call(block, hidden, context)()
-            hidden = output[0] if isinstance(output, (tuple, list)) else output
-            if not torch.isfinite(hidden).all():
-                raise ValueError(f"non-finite hidden states in the {label} stream after block {block_name!r}")
-            advanced.append(hidden)
-    return advanced
+        advanced = [_hidden_of(_block_call(block, hidden, context)()) for hidden, context in zip(stream, contexts)]
+    return _checked(advanced, label, block_name)
 
 
 def quantize_causal_lm(
     model: nn.Module,
-    calibration: torch.Tensor,
+    calibration: torch.Tensor | None,
     recipe: Recipe,
     *,
     blocks: str | None = None,
     x_mode: str = "float",
     batch_size: int = 1,
     stats_dtype: str = "float64",
+    product_dtype: str | None = None,
+    errors: bool = True,
     progress: bool = True,
     on_block=None,
 ) -> dict:
@@ -130,63 +150,104 @@ def quantize_causal_lm(
 
     ``calibration``: token windows (n_windows × seq_len, int64). Layers outside the blocks (embeddings,
     lm_head) stay float. With ``recipe.act_bits`` a per-token activation quantizer is installed on every
-    quantized layer (kept after the call: evaluation uses it). ``on_block(index, float_stream,
-    quant_stream)`` sees both streams (lists of hidden-state batches) after each block advances. Returns the report (``layers``: one
-    entry per layer, and ``results``: ``{name: QuantResult}``).
+    quantized layer (kept after the call: evaluation uses it). ``errors``: the report's per-layer output
+    errors (they need G and H_float, hence the float stream, for every solver). Work done per block: the
+    float stream (only where X is needed: G, or the errors) advances by one forward that also captures X
+    for every layer; the quantized stream runs once per layer group, stopped at the group, and once more
+    to advance. A recipe that needs no statistics (RTN) without errors runs no calibration forward at
+    all, and ``calibration`` may then be None. ``on_block(index, float_stream, quant_stream)`` sees both
+    streams (lists of hidden-state batches; the float one None where it is not kept) after each block.
+    Returns the report (``layers``: one entry per layer; ``results``: ``{name: QuantResult}``;
+    ``time_split_s``: seconds per phase).
     """
-    from tqdm import tqdm
-
     if not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be a qronos_linalg.recipe.Recipe, got {type(recipe).__name__}")
     if x_mode not in X_MODES:
         raise ValueError(f"x_mode must be one of {X_MODES}, got {x_mode!r}")
-    if not isinstance(calibration, torch.Tensor) or calibration.ndim != 2 or calibration.shape[0] == 0:
+    statistics = needed_statistics(recipe, errors)
+    if statistics and (not isinstance(calibration, torch.Tensor) or calibration.ndim != 2
+                       or calibration.shape[0] == 0):
         raise ValueError("calibration must be a non-empty 2-D tensor of token ids (n_windows × seq_len)")
     blocks_name, block_list = resolve_block_list(model, blocks)
     model.eval()
     start = time.perf_counter()
+    timer = PhaseTimer()
     if recipe.act_bits is not None:
         for block in block_list:
             for layer in supported_layers(block).values():
                 _add_act_quantizer(layer, recipe.act_bits)
-    quant_stream, contexts = capture_block_inputs(model, block_list, calibration, batch_size)
-    float_stream = quant_stream if x_mode == "block" else list(quant_stream)
-    results, reports = {}, []
-    bar = tqdm(total=sum(len(supported_layers(b)) for b in block_list), desc="quantize", unit="layer",
-               file=sys.stderr, disable=not progress)
-    for index, block in enumerate(block_list):
-        prefix = f"{blocks_name}.{index}."
-        float_block = float_copy(block)
-        outcome = quantize_layers_in_block(
-            float_block, block,
-            [_block_call(float_block, *run) for run in zip(float_stream, contexts[index])],
-            [_block_call(block, *run) for run in zip(quant_stream, contexts[index])],
-            recipe, prefix=prefix, stats_dtype=stats_dtype, on_layer=lambda name: bar.update(1),
-        )
-        for name, (result, report) in outcome.items():
-            results[name] = result
-            reports.append(report)
-        if x_mode == "float":
-            float_stream = _advance(float_block, float_stream, contexts[index], "float", prefix[:-1])
-        quant_stream = _advance(block, quant_stream, contexts[index], "quantized", prefix[:-1])
-        if x_mode == "block":
-            float_stream = quant_stream
-        del float_block
-        contexts[index] = None
-        if on_block is not None:
-            on_block(index, float_stream, quant_stream)
+    bar = progress_bar(sum(len(supported_layers(b)) for b in block_list), "quantize", "layer", enabled=progress)
+    if statistics:
+        outcome = _two_stream_pipeline(model, block_list, blocks_name, calibration, recipe, x_mode=x_mode,
+                                       batch_size=batch_size, stats_dtype=stats_dtype, product_dtype=product_dtype,
+                                       errors=errors, timer=timer, bar=bar, on_block=on_block)
+    else:
+        outcome = _round_without_calibration(block_list, blocks_name, recipe, timer, bar)
+    results = {name: result for name, (result, _) in outcome.items()}
+    reports = [report for _, report in outcome.values()]
     bar.close()
     return {
         "blocks": blocks_name,
         "x_mode": x_mode,
-        "calibration_windows": int(calibration.shape[0]),
-        "calibration_seq_len": int(calibration.shape[1]),
+        "calibration_windows": 0 if calibration is None else int(calibration.shape[0]),
+        "calibration_seq_len": 0 if calibration is None else int(calibration.shape[1]),
+        "calibration_forwards": bool(statistics),
         "recipe": recipe.to_dict(),
+        "statistics": list(statistics),
         "quantization_time_s": time.perf_counter() - start,
+        "time_split_s": dict(timer.seconds),
         "algorithms": dict(Counter(report["algorithm"] for report in reports)),
         "layers": reports,
         "results": results,
     }
+
+
+def _round_without_calibration(block_list, blocks_name: str, recipe: Recipe, timer: PhaseTimer, bar) -> dict:
+    """A recipe without statistics (RTN, no errors): every layer rounded from its weights alone."""
+    outcome = {}
+    for index, block in enumerate(block_list):
+        for name, layer in supported_layers(block).items():
+            with timer.phase("solve"):
+                result, report = solve_layer(layer, None, recipe, name=f"{blocks_name}.{index}.{name}", errors=False)
+                set_layer_weight(layer, result.weight)
+            outcome[report["name"]] = (result, report)
+            bar.update(1)
+    return outcome
+
+
+def _two_stream_pipeline(model, block_list, blocks_name: str, calibration, recipe: Recipe, *, x_mode: str,
+                         batch_size: int, stats_dtype: str, product_dtype, errors: bool, timer: PhaseTimer, bar,
+                         on_block) -> dict:
+    """Block after block: statistics from the float and the quantized stream, solves, both streams advance
+    (the float one only where X is needed)."""
+    needs_x = any(name in needed_statistics(recipe, errors) for name in ("G", "H_float"))
+    with timer.phase("float_forward"):
+        quant_stream, contexts = capture_block_inputs(model, block_list, calibration, batch_size)
+    float_stream = (list(quant_stream) if x_mode == "float" else quant_stream) if needs_x else None
+    outcome = {}
+    for index, block in enumerate(block_list):
+        prefix = f"{blocks_name}.{index}."
+        float_block = float_copy(block) if needs_x else None
+        source = float_stream if x_mode == "float" else quant_stream
+        solved, float_outputs = quantize_layers_in_block(
+            float_block, block,
+            [_block_call(float_block, *run) for run in zip(source, contexts[index])] if needs_x else None,
+            [_block_call(block, *run) for run in zip(quant_stream, contexts[index])],
+            recipe, prefix=prefix, stats_dtype=stats_dtype, product_dtype=product_dtype, errors=errors,
+            keep_float_outputs=needs_x and x_mode == "float", on_layer=lambda name: bar.update(1), timer=timer,
+        )
+        outcome.update(solved)
+        if float_outputs is not None:
+            float_stream = _checked([_hidden_of(output) for output in float_outputs], "float", prefix[:-1])
+        with timer.phase("quantized_forward"):
+            quant_stream = _advance(block, quant_stream, contexts[index], "quantized", prefix[:-1])
+        if needs_x and x_mode == "block":
+            float_stream = quant_stream
+        del float_block, float_outputs
+        contexts[index] = None
+        if on_block is not None:
+            on_block(index, float_stream, quant_stream)
+    return outcome
 
 
 def _add_act_quantizer(layer: nn.Module, act_bits: int) -> None:

@@ -1,0 +1,189 @@
+"""GPTQModel 7.7 worker: ``GPTQModel.load(..., GPTQConfig)`` + ``model.quantize(calibration)`` on the CPU.
+
+    python benchmarks/peers/gptqmodel_worker.py --windows FILE --setting {w4pc,w3g128} --algo gptq \
+        --out results.jsonl --threads 1 [--static-groups] [--desc-act] [--no-gar] [--damp-percent 0.05]
+
+Runs in its own virtual environment (see benchmarks/peers/README.md): gptqmodel 7.7.0 requires
+torch>=2.14.1, so that venv holds torch 2.14.1+cu130 (the CUDA wheel, ~5 GB with its nvidia-* wheels);
+with no GPU it runs on the CPU.
+
+Config: ``GPTQConfig(bits, group_size=-1 (w4pc) | 128 (w3g128), sym=False)`` — asymmetric min-max
+(``Quantizer.find_params``: lo = min(min w, 0), hi = max(max w, 0), scale = (hi − lo)/(2^b − 1),
+zero = round(−lo/scale); q = clamp(round(w/scale) + zero, 0, 2^b − 1)), the last group of the 576-wide
+layers ragged (64 columns). Left at GPTQConfig's defaults unless a flag says otherwise:
+``damp_percent=0.05`` (× mean diag H; auto-increment 0.01 on Cholesky failure), ``desc_act=False``,
+``act_group_aware=True`` (GAR: group-aware reordering; forced off for per-channel, where GPTQModel
+rejects it), ``static_groups=False`` (group scales are computed when GPTQ reaches each group, from the
+error-updated weights — not frozen from the float weights; ``--static-groups`` freezes them up front and
+turns GAR off, because GPTQModel's static-group lookup ignores the GAR permutation), ``true_sequential``,
+block size 128, ``mse=0`` (plain min-max), ``offload_to_disk=False``. Calibration: the windows as
+``{"input_ids", "attention_mask"}`` dicts, batch size 1, ``calibration_sort=None`` (file order).
+
+Two CPU-only adjustments, nothing else: GPTQModel's device thread pool asks for 2 'model_loader:cpu'
+workers but sizes the 'cpu' pool to ceil(cores/2) = 1 on this 2-core machine and refuses to start; the
+pool is rebuilt with 1 worker each. The packed ``TorchLinear`` modules are dequantized with the eager
+``PackableQuantLinear.dequantize_weight`` (no torch.compile) into plain ``nn.Linear`` for the evaluation.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+ALGOS = ["gptq"]
+
+
+def patch_thread_pool():
+    import gptqmodel
+    from gptqmodel.utils.linalg_warmup import run_torch_linalg_warmup
+    from gptqmodel.utils.threadx import DeviceThreadPool, WarmUpCtx, WarmupTask
+
+    def build():
+        return DeviceThreadPool(
+            inference_mode=True,
+            warmups={"cpu": WarmupTask(run_torch_linalg_warmup, scope=WarmUpCtx.THREAD_AND_DEVICE)},
+            workers={"cuda:per": 4, "xpu:per": 1, "npu:per": 1, "mps": 8, "cpu": 1, "model_loader:cpu": 1},
+            empty_cache_every_n=512,
+        )
+
+    gptqmodel._build_device_thread_pool = build
+
+
+def materialize(torch, hf_model, bits: int, group_size):
+    from gptqmodel.nn_modules.qlinear import PackableQuantLinear
+
+    n = 0
+    worst_grid = 0.0
+    span_max = 0
+    levels_max = 0
+    scale_dtype = None
+    with torch.no_grad():
+        for parent_name, parent in list(hf_model.named_modules()):
+            for child_name, child in list(parent.named_children()):
+                if not isinstance(child, PackableQuantLinear):
+                    continue
+                full = f"{parent_name}.{child_name}" if parent_name else child_name
+                if not full.startswith(common.BLOCKS + "."):
+                    raise AssertionError(f"unexpected quantized layer outside the blocks: {full}")
+                # GPTQ layout: (in_features, out_features); checked against the module's own forward below
+                w = PackableQuantLinear.dequantize_weight(child).detach().float().t().contiguous()
+                if n == 0:
+                    probe = torch.randn(3, child.in_features)
+                    ref = child(probe).float() - (child.bias.float() if child.bias is not None else 0)
+                    if not torch.allclose(probe @ w.t(), ref, rtol=1e-3, atol=1e-3):
+                        raise AssertionError(f"dequantized weight of {full} does not reproduce its forward")
+                out_f, in_f = w.shape
+                scale_dtype = str(child.scales.dtype)
+                scales = child.scales.detach().float().t().reshape(out_f, -1)  # (out, n_groups)
+                g_idx = child.g_idx.detach().long() if hasattr(child, "g_idx") else torch.zeros(in_f, dtype=torch.long)
+                k = w / scales[:, g_idx]  # = code − zero, must be integral
+                worst_grid = max(worst_grid, float((k - torch.round(k)).abs().max()))
+                for g in range(scales.shape[1]):
+                    kg = torch.round(k[:, g_idx == g])
+                    span_max = max(span_max, int((kg.max(1).values - kg.min(1).values).max()))
+                levels_max = max(levels_max, max(len(torch.unique(r)) for r in w[: min(8, out_f)]))
+                linear = torch.nn.Linear(in_f, out_f, bias=child.bias is not None)
+                linear.weight.copy_(w)
+                if child.bias is not None:
+                    linear.bias.copy_(child.bias.detach().float())
+                setattr(parent, child_name, linear)
+                n += 1
+    return {
+        "n_quantized_linears": n,
+        "max_abs_noninteger_code": worst_grid,  # |w/scale − round(w/scale)|, scales as stored
+        "codes_in_range": span_max <= 2 ** bits - 1,
+        "max_code_span": span_max,
+        "n_levels_used_max": levels_max,
+        "scale_dtype": scale_dtype,
+    }
+
+
+def main(argv=None):
+    threads = common.limit_threads(argv)
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    parser = common.base_parser("GPTQModel GPTQ worker", ALGOS)
+    parser.add_argument("--damp-percent", type=float, default=None, help="default: GPTQConfig's (0.05)")
+    parser.add_argument("--desc-act", action="store_true", help="act-order (GPTQConfig default False)")
+    parser.add_argument("--no-gar", action="store_true", help="act_group_aware=False (default True for groups)")
+    parser.add_argument("--static-groups", action="store_true",
+                        help="freeze group scales from the float weights (implies --no-gar)")
+    args = parser.parse_args(argv)
+    torch = common.setup_torch(threads)
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    patch_thread_pool()
+    from gptqmodel import GPTQConfig, GPTQModel
+
+    setting = common.SETTINGS[args.setting]
+    bits, group_size = setting["bits"], setting["group_size"]
+    calibration, evals = common.load_windows(args.windows, args.n_calibration, args.n_eval)
+
+    gar = group_size is not None and not args.no_gar and not args.static_groups and not args.desc_act
+    kwargs = dict(bits=bits, group_size=-1 if group_size is None else group_size, sym=False,
+                  desc_act=args.desc_act, act_group_aware=gar, static_groups=args.static_groups,
+                  offload_to_disk=False)
+    if args.damp_percent is not None:
+        kwargs["damp_percent"] = args.damp_percent
+    cfg = GPTQConfig(**kwargs)
+    cal = [{"input_ids": w.tolist(), "attention_mask": [1] * len(w)} for w in calibration]
+
+    with common.Timer() as t_load:
+        qmodel = GPTQModel.load(args.model, cfg, device="cpu", dtype=torch.float32)
+    n_linears = len(common.block_linears(qmodel.model))
+    with common.Timer() as t_quant:
+        with common.Timer() as t_algo:
+            qmodel.quantize(cal, batch_size=1, calibration_sort=None)
+        model = qmodel.model
+        grid = materialize(torch, model, bits, group_size)
+    rss_quant = common.peak_rss_mib()
+    common.save_weights(model, args.save_weights)
+    if grid["n_quantized_linears"] != n_linears:
+        raise AssertionError(f"quantized {grid['n_quantized_linears']} linears, expected {n_linears}")
+    model.config.use_cache = False
+    model.eval()
+
+    with common.Timer() as t_eval:
+        float_model = common.load_float_model(args.model)
+        common.assert_float_outside_blocks(model, float_model)
+        metrics = common.evaluate(model, float_model, evals)
+
+    row = {
+        "peer": "gptqmodel",
+        "algo": args.algo,
+        "setting": args.setting,
+        "bits": bits,
+        "group_size": group_size,
+        "options": {
+            "damp_percent": cfg.damp_percent,
+            "damp_auto_increment": cfg.damp_auto_increment,
+            "desc_act": cfg.desc_act,
+            "act_group_aware": cfg.act_group_aware,
+            "static_groups": cfg.static_groups,
+            "true_sequential": cfg.true_sequential,
+            "mse": cfg.mse,
+        },
+        "calibration": list(calibration.shape),
+        "eval": metrics,
+        "kl_mean": sum(m["kl"] * m["tokens"] for m in metrics.values()) / sum(m["tokens"] for m in metrics.values()),
+        "quant_seconds": t_quant.seconds,
+        "algo_seconds": t_algo.seconds,
+        "load_seconds": t_load.seconds,
+        "eval_seconds": t_eval.seconds,
+        "peak_rss_quant_mib": rss_quant,
+        "peak_rss_mib": common.peak_rss_mib(),
+        "grid_check": grid,
+        "threads": threads,
+        "versions": common.versions(["torch", "gptqmodel", "transformers", "accelerate"]),
+        "tag": args.tag,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    common.emit(row, args.out)
+
+
+if __name__ == "__main__":
+    main()
