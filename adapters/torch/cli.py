@@ -175,7 +175,8 @@ def quantize_lm(args) -> int:
         f"calibration tokens, x_mode {values['x_mode']}, {report['total_time_s']:.1f} s, peak RSS "
         f"{report['peak_memory_mib']:.0f} MiB)",
         f"mean relative output error: {summary['mean_rel_error']:.4f} (RTN on the same grids: "
-        f"{summary['mean_rel_error_rtn']:.4f})",
+        f"{summary['mean_rel_error_rtn']:.4f})" if summary["mean_rel_error"] is not None else
+        "layer output errors: not computed (pass --report FILE for them)",
         f"wrote {args.output}" + (f" and {args.onnx}" if args.onnx is not None else ""),
         f"total {time.perf_counter() - started:.1f} s",
     ]
