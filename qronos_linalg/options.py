@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .activations import ACT_BITS
+from .linalg import DAMP_MODES
 from .recipe import ALGORITHMS, Recipe
 
 #: Words that mean "per channel" (group_size None) on the command line and in config files.
@@ -127,6 +128,9 @@ OPTIONS = (
            off=("--no-mse", "plain min-max range"), to_field=lambda value: "mse" if value else "minmax", from_field=lambda search: search == "mse"),
     Option("damp", "solver", "damp", parse_damp,
            "relative damping λ = damp·mean(diag H), or 'default' for the solver's own (OPTQ, GPTAQ, Qronos)", "D"),
+    Option("damp_mode", "solver", "damp_mode", parse_choice(DAMP_MODES),
+           "what damp multiplies: 'relative' = mean(diag H) (GPTQ), 'spectral' = σ_max(H) (Brevitas' Qronos)",
+           "{" + ",".join(DAMP_MODES) + "}"),
     Option("block_size", "solver", "block_size", parse_int, "columns per block of the blocked solvers", "B"),
     Option("act_order", "solver", "act_order", parse_bool, "process columns by decreasing diag(H) (act-order)",
            off=("--no-act-order", "process columns in their natural order")),

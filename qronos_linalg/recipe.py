@@ -17,6 +17,7 @@ from typing import Callable
 from .activations import check_act_bits
 from .backend import backend_of, dtype_name
 from .grid import SEARCH_METHODS, UniformGrid, check_bits, check_group_size, check_search, check_shrink
+from .linalg import DAMP_MODES
 from .magr import check_magr_alpha, magr
 from .solvers import (DEFAULT_BLOCK_SIZE, DEFAULT_DAMP, DEFAULT_GPTAQ_ALPHA, QuantResult, gpfq, gptaq, optq,
                       output_error, qronos, rtn)
@@ -65,7 +66,8 @@ class Solver:
 
 
 def _optq_family(spec) -> dict:
-    return {"damp": spec.damping, "block_size": spec.block_size, "act_order": spec.act_order}
+    return {"damp": spec.damping, "damp_mode": spec.damp_mode, "block_size": spec.block_size,
+            "act_order": spec.act_order}
 
 
 SOLVERS = {solver.name: solver for solver in (
@@ -86,11 +88,13 @@ ALGORITHMS = tuple(SOLVERS)
 
 @dataclass(frozen=True)
 class SolverSpec:
-    """Which solver and its settings: relative damping (None = the solver's default), block size,
-    act-order, GPTAQ's α, and MagR's α (None = no MagR) applied to W before the grid is fitted."""
+    """Which solver and its settings: the damping coefficient (None = the solver's default) and what it
+    multiplies (``damp_mode``: "relative" = mean(diag H), "spectral" = σ_max(H)), block size, act-order,
+    GPTAQ's α, and MagR's α (None = no MagR) applied to W before the grid is fitted."""
 
     algorithm: str = "qronos"
     damp: float | None = None
+    damp_mode: str = "relative"
     block_size: int = DEFAULT_BLOCK_SIZE
     act_order: bool = False
     gptaq_alpha: float = DEFAULT_GPTAQ_ALPHA
@@ -106,6 +110,8 @@ class SolverSpec:
             if not self.solver.damped:
                 raise ValueError(f"{self.algorithm} has no damping; drop damp (--damp) or choose "
                                  f"{' / '.join(name for name, s in SOLVERS.items() if s.damped)}")
+        if self.damp_mode not in DAMP_MODES:
+            raise ValueError(f"damp_mode must be one of {DAMP_MODES}, got {self.damp_mode!r}")
         if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:
             raise ValueError(f"block_size must be a positive integer, got {self.block_size!r}")
         if isinstance(self.gptaq_alpha, bool) or not isinstance(self.gptaq_alpha, (int, float)) \
@@ -168,6 +174,7 @@ class LayerReport:
     damp: float | None
     dead_columns: int
     time_s: float
+    damp_mode: str | None = None
     input_gap: float | None = None
     error: float | None = None
     error_rtn: float | None = None
@@ -198,7 +205,8 @@ class LayerReport:
         return cls(
             name=name or first.name, shape=(sum(r.shape[0] for r in reports), first.shape[1]),
             algorithm=first.algorithm, bits=first.bits, group_size=first.group_size, samples=first.samples,
-            damp=max(damps) if damps else None, dead_columns=sum(r.dead_columns for r in reports),
+            damp=max(damps) if damps else None, damp_mode=first.damp_mode,
+            dead_columns=sum(r.dead_columns for r in reports),
             time_s=sum(r.time_s for r in reports), input_gap=None if len(reports) > 1 else first.input_gap,
             error=total("error"), error_rtn=total("error_rtn"), reference=total("reference"),
             note="; ".join(notes) or None,
@@ -250,7 +258,7 @@ def solve(W, stats, grid_spec: GridSpec, solver_spec: SolverSpec, *, name: str |
     elapsed = time.perf_counter() - start
     report = LayerReport(name=name or getattr(stats, "name", None), shape=tuple(W.shape), algorithm=solver.name,
                          bits=grid.bits, group_size=grid.group_size, samples=int(getattr(stats, "count", 0)),
-                         damp=result.damp, dead_columns=dead, time_s=elapsed, note=note)
+                         damp=result.damp, damp_mode=result.damp_mode, dead_columns=dead, time_s=elapsed, note=note)
     if errors:
         H_all = xp.asarray(stats.H, "float64", like=W64)
         G_all = xp.asarray(stats.G, "float64", like=W64)

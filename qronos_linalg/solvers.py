@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .backend import backend_of, compute_dtype, result_dtype
 from .grid import UniformGrid
-from .linalg import damped_system, mark_dead_columns
+from .linalg import DAMP_MODES, damped_system, mark_dead_columns
 
 #: Columns per block in the blocked ("lazy batch") updates of the OPTQ family (GPTQ's default).
 DEFAULT_BLOCK_SIZE = 128
@@ -32,7 +32,8 @@ class QuantResult:
     ``weight``: dequantized Q (out × in), same array type, device and dtype as W.
     ``codes``: integer codes (uint8, out × in) at original column positions; ``weight`` is exactly
     ``grid.dequantize(codes)``. ``grid``: the frozen grid used. ``perm``: the column order used.
-    ``damp``: relative damping actually used (None where the solver has none), ``algorithm``: its name.
+    ``damp``: damping coefficient actually used (None where the solver has none) and ``damp_mode`` what it
+    multiplies (mean(diag H) or σ_max(H), :data:`~qronos_linalg.linalg.DAMP_MODES`); ``algorithm``: its name.
     """
 
     weight: object
@@ -41,6 +42,7 @@ class QuantResult:
     perm: object
     algorithm: str
     damp: float | None = None
+    damp_mode: str | None = None
 
 
 #: H must be symmetric: ``max|H − Hᵀ| ≤ SYMMETRY_RTOL · max|H|`` (only its lower triangle would be read).
@@ -56,7 +58,8 @@ class _Problem:
     ``statistics`` names the matrices the solver needs (``"H"``, ``"G"``); each must then be given.
     """
 
-    def __init__(self, W, H, G, grid, *, statistics=(), act_order=False, block_size=DEFAULT_BLOCK_SIZE, damp=0.0):
+    def __init__(self, W, H, G, grid, *, statistics=(), act_order=False, block_size=DEFAULT_BLOCK_SIZE, damp=0.0,
+                 damp_mode="relative"):
         if len(getattr(W, "shape", ())) != 2:
             raise ValueError(f"W must be 2-D (out_features, in_features), got shape {tuple(getattr(W, 'shape', ()))}")
         xp = backend_of(W)
@@ -70,6 +73,8 @@ class _Problem:
             raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
         if not (isinstance(damp, (int, float)) and math.isfinite(damp) and damp >= 0):
             raise ValueError(f"damp must be a finite number >= 0, got {damp!r}")
+        if damp_mode not in DAMP_MODES:
+            raise ValueError(f"damp_mode must be one of {DAMP_MODES}, got {damp_mode!r}")
         self.block_size = block_size
         n = W.shape[1]
         W = xp.cast(W, self.dtype)
@@ -175,13 +180,16 @@ class _Problem:
             )
         return codes
 
-    def result(self, codes, algorithm, damp=None) -> QuantResult:
-        """Un-permute the codes (uint8, processing order) and dequantize them with the frozen grid."""
+    def result(self, codes, algorithm, system=None) -> QuantResult:
+        """Un-permute the codes (uint8, processing order) and dequantize them with the frozen grid; ``system``:
+        the damped system the codes were solved with (None: no damping)."""
         xp = self.xp
         if self.act_order:
             codes = codes[:, xp.inverse_permutation(self.perm)]
         weight = xp.cast(self.grid.dequantize(codes, self.dtype), self.W_dtype)
-        return QuantResult(weight=weight, codes=codes, grid=self.grid, perm=self.perm, algorithm=algorithm, damp=damp)
+        return QuantResult(weight=weight, codes=codes, grid=self.grid, perm=self.perm, algorithm=algorithm,
+                           damp=None if system is None else system.damp,
+                           damp_mode=None if system is None else system.mode)
 
 
 def rtn(W, grid: UniformGrid) -> QuantResult:
@@ -191,30 +199,33 @@ def rtn(W, grid: UniformGrid) -> QuantResult:
 
 
 def optq(W, H, grid: UniformGrid, *, damp: float = DEFAULT_DAMP, block_size: int = DEFAULT_BLOCK_SIZE,
-         act_order: bool = False) -> QuantResult:
+         act_order: bool = False, damp_mode: str = "relative") -> QuantResult:
     """OPTQ/GPTQ: minimise ‖X̃(w − q)‖² column by column.
 
     With ``H_λ⁻¹ = UᵀU`` (U upper): ``q_t = Q(v_t)``, ``e_t = (v_t − q_t)/U_tt``,
-    ``v_{>t} ← v_{>t} − e_t U_{t,>t}`` (proofs/cholesky_form.md, proofs/optq_ldlq.md).
+    ``v_{>t} ← v_{>t} − e_t U_{t,>t}`` (proofs/cholesky_form.md, proofs/optq_ldlq.md). Damping
+    ``λ = damp · mean(diag H)`` (``damp_mode="relative"``) or ``damp · σ_max(H)`` (``"spectral"``).
     """
-    p = _Problem(W, H, None, grid, statistics=("H",), act_order=act_order, block_size=block_size, damp=damp)
-    system = damped_system(p.H, None, damp, p.xp)
-    return p.result(p.round_with_error_feedback(system.U, system.dead), "optq", system.damp)
+    p = _Problem(W, H, None, grid, statistics=("H",), act_order=act_order, block_size=block_size, damp=damp,
+                 damp_mode=damp_mode)
+    system = damped_system(p.H, None, damp, p.xp, damp_mode)
+    return p.result(p.round_with_error_feedback(system.U, system.dead), "optq", system)
 
 
 def qronos(W, H, G, grid: UniformGrid, *, damp: float = DEFAULT_DAMP,
-           block_size: int = DEFAULT_BLOCK_SIZE, act_order: bool = False) -> QuantResult:
+           block_size: int = DEFAULT_BLOCK_SIZE, act_order: bool = False, damp_mode: str = "relative") -> QuantResult:
     """Qronos: correct the past, shape the future, minimising ‖Xw − X̃q‖².
 
     Step 1: ``q_1 = Q((G_{1,:} w − H_{1,>1} w_{>1}) / H_11)``,
     ``v_{>1} = H_{>1,>1}⁻¹ (G_{>1,:} w − H_{>1,1} q_1)``; steps t ≥ 2 are OPTQ on H with the trailing
     block of the same factor U. Implemented as the OPTQ recursion with rounding offsets
     ``o_1 = z_1/H_11``, ``o_t = U_tt (z_{>1} U[1:,1:]ᵀ)_t`` where ``z = (G − H) w``
-    (proofs/qronos_offset_form.md).
+    (proofs/qronos_offset_form.md). Damping as in :func:`optq`, on H and G alike.
     """
-    p = _Problem(W, H, G, grid, statistics=("H", "G"), act_order=act_order, block_size=block_size, damp=damp)
+    p = _Problem(W, H, G, grid, statistics=("H", "G"), act_order=act_order, block_size=block_size, damp=damp,
+                 damp_mode=damp_mode)
     xp = p.xp
-    system = damped_system(p.H, p.G, damp, xp)
+    system = damped_system(p.H, p.G, damp, xp, damp_mode)
     H_d, U, n = system.H, system.U, p.W.shape[1]
     # z = (G_λ − H_λ) w on live columns (W keeps its dead columns: D[t, dead] = G[t, dead] there, the
     # float part w_dead X_dead of the target); offsets o = W Aᵀ with A_1 = D_1 / H_11 and, for t ≥ 2,
@@ -226,11 +237,11 @@ def qronos(W, H, G, grid: UniformGrid, *, damp: float = DEFAULT_DAMP,
         U_trailing = U[1:, 1:]
         A[1:] = xp.diag(U_trailing)[:, None] * xp.upper_matmul(U_trailing, D[1:])
     A[system.dead] = 0
-    return p.result(p.round_with_error_feedback(U, system.dead, offset=p.W @ A.T), "qronos", system.damp)
+    return p.result(p.round_with_error_feedback(U, system.dead, offset=p.W @ A.T), "qronos", system)
 
 
 def gptaq(W, H, G, grid: UniformGrid, *, alpha: float = DEFAULT_GPTAQ_ALPHA, damp: float = DEFAULT_DAMP,
-          block_size: int = DEFAULT_BLOCK_SIZE, act_order: bool = False) -> QuantResult:
+          block_size: int = DEFAULT_BLOCK_SIZE, act_order: bool = False, damp_mode: str = "relative") -> QuantResult:
     """GPTAQ (asymmetric calibration): OPTQ plus ``v_{>t} += v_t P_{t,>t}``.
 
     ``P = α · triu((Gᵀ − H) Uᵀ, 1) · U`` with ``Gᵀ − H = (X − X̃)ᵀX̃`` and v_t the value *before*
@@ -239,13 +250,14 @@ def gptaq(W, H, G, grid: UniformGrid, *, alpha: float = DEFAULT_GPTAQ_ALPHA, dam
     """
     if not (isinstance(alpha, (int, float)) and math.isfinite(alpha)):
         raise ValueError(f"alpha must be a finite number, got {alpha!r}")
-    p = _Problem(W, H, G, grid, statistics=("H", "G"), act_order=act_order, block_size=block_size, damp=damp)
+    p = _Problem(W, H, G, grid, statistics=("H", "G"), act_order=act_order, block_size=block_size, damp=damp,
+                 damp_mode=damp_mode)
     xp = p.xp
-    system = damped_system(p.H, p.G, damp, xp)
+    system = damped_system(p.H, p.G, damp, xp, damp_mode)
     U = system.U
     asym = system.G.T - system.H
     P = alpha * (xp.triu(asym @ U.T, 1) @ U)
-    return p.result(p.round_with_error_feedback(U, system.dead, P=P), "gptaq", system.damp)
+    return p.result(p.round_with_error_feedback(U, system.dead, P=P), "gptaq", system)
 
 
 def gpfq(W, H, G, grid: UniformGrid, *, act_order: bool = False) -> QuantResult:

@@ -105,7 +105,8 @@ recipes = st.builds(
                    search=st.sampled_from(["minmax", "mse"])),
     solver=st.one_of(
         st.builds(SolverSpec, algorithm=st.sampled_from(["optq", "gptaq", "qronos"]),
-                  damp=st.sampled_from([None, 0.0, 0.01, 0.1]), block_size=st.integers(1, 256),
+                  damp=st.sampled_from([None, 0.0, 0.01, 0.1]), damp_mode=st.sampled_from(["relative", "spectral"]),
+                  block_size=st.integers(1, 256),
                   act_order=st.booleans(), gptaq_alpha=st.sampled_from([0.0, 0.25, 1.0]),
                   magr_alpha=st.sampled_from([None, 0.001])),
         st.builds(SolverSpec, algorithm=st.sampled_from(["rtn", "gpfq"]), act_order=st.booleans())),

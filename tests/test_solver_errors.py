@@ -133,3 +133,22 @@ def test_integer_weights_are_solved_in_float32_and_returned_as_floats_on_the_gri
     assert result.weight.dtype == np.float32
     np.testing.assert_array_equal(result.weight, grid.dequantize(result.codes, "float32"))
     assert not np.array_equal(result.weight, np.rint(result.weight))  # not truncated to integers
+
+
+@pytest.mark.parametrize("name", ["optq", "qronos", "gptaq"])
+def test_spectral_damping_is_relative_damping_by_sigma_max(name):
+    """damp_mode="spectral": λ = damp · σ_max(H), the same solve as H + λI undamped (G + λI for Qronos/GPTAQ)."""
+    from qronos_linalg.linalg import largest_eigenvalue
+    from qronos_linalg.backend import NUMPY
+
+    p = make_problem(11, out=5, n=12, noise=0.3)
+    alpha = 1e-3
+    sigma = largest_eigenvalue(p.H, NUMPY)
+    assert sigma == pytest.approx(np.linalg.eigvalsh(p.H)[-1], rel=1e-3)
+    spectral = SOLVERS_WITH_H[name](p.W, p.H, p.G, p.grid, damp=alpha, damp_mode="spectral")
+    shift = alpha * sigma * np.eye(12)
+    plain = SOLVERS_WITH_H[name](p.W, p.H + shift, p.G + shift, p.grid, damp=0.0)
+    np.testing.assert_array_equal(spectral.codes, plain.codes)
+    assert (spectral.damp, spectral.damp_mode) == (alpha, "spectral")
+    with pytest.raises(ValueError, match="damp_mode must be one of"):
+        SOLVERS_WITH_H[name](p.W, p.H, p.G, p.grid, damp_mode="absolute")

@@ -40,10 +40,19 @@ def test_quantize_then_evaluate(tmp_path, model_folder, text_file, capsys):
     report = json.loads((out / REPORT_JSON).read_text())
     assert {"name", "shape", "algorithm", "samples", "damp", "rel_error_rtn", "rel_error", "time_s"} <= set(report["layers"][0])
     assert json.loads((out / QUANTIZATION_JSON).read_text())["transforms"]["hadamard"]["seed"] == 0
-    assert cli.main(["eval-ppl", str(out), "--text-file", str(text_file), "--seq-len", str(SEQ_LEN), "--windows", "2",
+    assert cli.main(["eval", str(out), "--text-file", str(text_file), "--seq-len", str(SEQ_LEN), "--windows", "2",
                      "--quiet", "--report", str(tmp_path / "ppl.json")]) == 0
     result = json.loads((tmp_path / "ppl.json").read_text())
-    assert 1 < result["perplexity"] < float("inf") and result["windows"] == 2
+    scores = result["texts"]["corpus.txt"]
+    assert 1 < scores["perplexity"] < float("inf") and scores["windows"] == 2
+    assert scores["kl"] > 0 and result["reference"] == "auto"  # against the recorded base model
+
+
+def test_kl_of_the_float_model_to_itself_is_zero_and_eval_ppl_is_an_alias(tmp_path, model_folder, text_file, capsys):
+    assert cli.main(["eval-ppl", str(model_folder), "--reference", str(model_folder), "--text-file", str(text_file),
+                     "--seq-len", str(SEQ_LEN), "--windows", "2", "--quiet", "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["texts"]["corpus.txt"]
+    assert scores["kl"] == 0.0 and scores["tokens"] == 2 * (SEQ_LEN - 1)
 
 
 def test_existing_output_is_refused_without_overwrite(tmp_path, model_folder, text_file, capsys):

@@ -1,4 +1,6 @@
-"""Token windows of the LM evaluation: cutting, BOS-prefixed windows, BOS detection, bad input."""
+"""Token windows of the LM evaluation: cutting, BOS-prefixed windows, BOS detection, the texts, bad input."""
+
+import importlib.util
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -50,3 +52,19 @@ def test_bos_is_used_only_when_the_tokenizer_starts_texts_with_it():
 def test_unknown_model_name_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a packaged model"):
         load_model(str(tmp_path / "no-such-model"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gensim") is None, reason="needs gensim (the lm extra)")
+def test_the_news_text_shares_no_passage_with_the_calibration_articles():
+    """Out-of-domain evaluation text: no 64-character passage of it (200 spread positions) occurs in the
+    calibration articles, and it is really news, not Wikipedia."""
+    from qronos_linalg.adapters.torch.data import news_articles, split_text
+
+    news = "\n\n".join(news_articles())
+    calibration = " ".join(" ".join(split_text("calibration")).split())
+    assert len(news_articles()) == 300 and len(news) > 300_000
+    positions = range(0, len(news) - 64, (len(news) - 64) // 200)
+    passages = [" ".join(news[start : start + 64].split()) for start in positions]
+    assert [p for p in passages if p in calibration] == []
+    wiki_eval = " ".join(" ".join(split_text("evaluation")).split())
+    assert sum(" ".join(wiki_eval[i : i + 64].split()) in calibration for i in range(0, 64 * 200, 64)) == 0

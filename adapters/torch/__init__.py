@@ -24,6 +24,7 @@ _EXPORTS = {
     "solve_layer": "layerwise",
     "find_block_list": "lm",
     "perplexity": "lm",
+    "evaluate": "lm",
     "quantize_causal_lm": "lm",
     "rotate_llama": "rotation",
     "smooth_llama": "smoothquant",

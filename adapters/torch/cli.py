@@ -15,14 +15,16 @@ from qronos_linalg.recipe import Recipe
 
 from . import X_MODES
 
-__all__ = ["register", "quantize_lm", "eval_ppl", "DEFAULT_SEQ_LEN", "DEFAULT_CALIB_WINDOWS", "DEFAULT_EVAL_WINDOWS",
-           "DEFAULT_RECIPE"]
+__all__ = ["register", "quantize_lm", "evaluate_lm", "DEFAULT_SEQ_LEN", "DEFAULT_CALIB_WINDOWS",
+           "DEFAULT_EVAL_WINDOWS", "DEFAULT_RECIPE"]
 
 DEFAULT_SEQ_LEN = 512
 DEFAULT_CALIB_WINDOWS = 32
 DEFAULT_EVAL_WINDOWS = 40
 #: The adapter's default recipe: Qronos, 4-bit asymmetric per-channel.
 DEFAULT_RECIPE = Recipe()
+#: Names of the built-in evaluation texts (``data.EVALUATION_TEXTS``; listed here so that help needs no torch).
+EVALUATION_TEXT_NAMES = ("wiki", "news")
 MODEL_HELP = "'smollm2' (packaged SmolLM2-135M-Instruct), 'gemma3-270m' (packaged Gemma-3-270M) or a Hugging Face folder"
 
 
@@ -70,13 +72,32 @@ def register(subparsers) -> None:
                          "without errors unless --report)")
     quantize.set_defaults(func=quantize_lm, settings=settings)
 
-    evaluate = subparsers.add_parser("eval-ppl", help="perplexity of a (quantized or float) causal LM",
-                                     formatter_class=HelpFormatter)
+    evaluate = subparsers.add_parser(
+        "eval", aliases=["eval-ppl"], formatter_class=HelpFormatter,
+        help="perplexity and KL to the float model of a (quantized or float) causal LM, on two texts",
+        description="Perplexity and mean per-token KL(p_float ‖ p_model) on the in-domain Wikipedia evaluation "
+                    "articles ('wiki') and on out-of-domain news ('news'); see docs/torch.md.")
     evaluate.add_argument("model", help=MODEL_HELP + ", or a folder written by quantize-lm")
     eval_settings = Settings(evaluate)
+    eval_group = evaluate.add_argument_group("evaluation")
+    eval_settings.add("--texts", dest="texts", default=",".join(EVALUATION_TEXT_NAMES), type=_text_names,
+                      metavar="NAMES", group=eval_group,
+                      help=f"comma-separated evaluation texts: {', '.join(EVALUATION_TEXT_NAMES)} (ignored with "
+                           f"--text-file)")
+    eval_settings.add("--reference", dest="reference", default="auto", metavar="MODEL|auto|none", group=eval_group,
+                      help="the float model of the KL: 'auto' = the base model recorded by quantize-lm (none for a "
+                           "float model), 'none' = no KL, or a packaged name / Hugging Face folder")
     _add_text_options(eval_settings, evaluate, DEFAULT_EVAL_WINDOWS, "evaluation")
     add_common_arguments(evaluate, eval_settings, report_help="also write the result as JSON here")
-    evaluate.set_defaults(func=eval_ppl, settings=eval_settings)
+    evaluate.set_defaults(func=evaluate_lm, settings=eval_settings)
+
+
+def _text_names(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in EVALUATION_TEXT_NAMES]
+    if unknown or not names:
+        raise ValueError(f"must be a comma-separated list of {EVALUATION_TEXT_NAMES}")
+    return names
 
 
 def _check_text_file(values: dict) -> None:
@@ -90,6 +111,7 @@ def _check_text_file(values: dict) -> None:
 
 
 def _windows(tokenizer, values: dict, split: str):
+    """Windows of a split of the built-in texts (``data.SPLITS``), or of ``--text-file``'s split."""
     from .data import split_articles, text_windows, token_windows, window_bos
 
     if values["text_file"] is None:
@@ -154,7 +176,7 @@ def quantize_lm(args) -> int:
     report["total_time_s"] = time.perf_counter() - start
     report["peak_memory_mib"] = _peak_memory_mib()
     save_quantized(model, args.output, report, tokenizer=tokenizer, transforms=transforms,
-                   base_model=str(folder), overwrite=args.overwrite)
+                   base_model=str(folder), base_model_name=args.model, overwrite=args.overwrite)
     if args.onnx is not None:
         from .onnx_export import export_causal_lm_onnx
 
@@ -189,15 +211,37 @@ def _mean(values) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def eval_ppl(args) -> int:
-    from .data import PACKAGED_MODELS, check_model_name, load_float_model, load_tokenizer, model_folder, \
-        quiet_transformers
-    from .lm import perplexity
+def _reference_model(model_argument: str, record: dict | None, choice: str):
+    """The float model of the KL, or None (see ``--reference``)."""
+    from .data import PACKAGED_MODELS, check_model_name, load_float_model, model_folder
+
+    if choice == "none" or (choice == "auto" and record is None):
+        return None
+    if choice != "auto":
+        check_model_name(choice)
+        return load_float_model(model_folder(choice))
+    name = record.get("base_model_name")
+    if name in PACKAGED_MODELS:
+        return load_float_model(model_folder(name))
+    base = record.get("base_model")
+    if not base or not (Path(base) / "config.json").is_file():
+        raise FileNotFoundError(f"the base model recorded in {model_argument}/quantization.json ({base!r}) is not a "
+                                "model folder here; pass --reference MODEL or --reference none")
+    return load_float_model(Path(base))
+
+
+def evaluate_lm(args) -> int:
+    """Handler of ``qronos eval`` (alias ``eval-ppl``)."""
+    from .data import EVALUATION_TEXTS, PACKAGED_MODELS, check_model_name, load_float_model, load_tokenizer, \
+        model_folder, quiet_transformers
+    from .lm import evaluate
     from .save import load_quantized
 
     values = args.settings.resolve(args)
     _check_text_file(values)
     check_model_name(args.model)
+    if values["reference"] not in ("auto", "none"):
+        check_model_name(values["reference"])
     report_path = None if args.report is None else check_output(args.report, overwrite=args.overwrite, what="report")
     set_threads(values["threads"])
     if args.quiet:
@@ -205,18 +249,29 @@ def eval_ppl(args) -> int:
     status(f"loading {args.model}", enabled=not args.quiet)
     folder = model_folder(args.model)
     tokenizer = load_tokenizer(folder)
-    windows = _windows(tokenizer, values, "evaluation")
-    model = load_float_model(folder) if args.model in PACKAGED_MODELS else load_quantized(folder)[0]
-    start = time.perf_counter()
-    value = perplexity(model, windows, progress=not args.quiet)
-    result = {
-        "model": str(args.model), "perplexity": value, "windows": int(windows.shape[0]),
-        "seq_len": int(windows.shape[1]), "eval_time_s": time.perf_counter() - start,
-    }
-    if not math.isfinite(value):
-        raise ValueError(f"perplexity is not finite ({value}): the model's outputs overflow")
+    if values["text_file"] is not None:
+        texts = {Path(values["text_file"]).name: _windows(tokenizer, values, "evaluation")}
+    else:
+        texts = {name: _windows(tokenizer, values, EVALUATION_TEXTS[name]) for name in values["texts"]}
+    if args.model in PACKAGED_MODELS:
+        model, record = load_float_model(folder), None
+    else:
+        model, record = load_quantized(folder)
+    reference = _reference_model(args.model, record, values["reference"])
+    result = {"model": str(args.model), "reference": None if reference is None else values["reference"],
+              "seq_len": values["seq_len"], "texts": {}}
+    lines = []
+    for name, windows in texts.items():
+        start = time.perf_counter()
+        scores = evaluate(model, windows, reference=reference, progress=not args.quiet)
+        if not math.isfinite(scores["perplexity"]):
+            raise ValueError(f"perplexity on {name} is not finite ({scores['perplexity']}): the model's outputs "
+                             "overflow")
+        result["texts"][name] = {**scores, "windows": int(windows.shape[0]), "eval_time_s": time.perf_counter() - start}
+        kl = "" if scores["kl"] is None else f", KL to float {scores['kl']:.4f} nats/token"
+        lines.append(f"{name}: perplexity {scores['perplexity']:.4f}{kl} ({windows.shape[0]} × {windows.shape[1]} "
+                     f"tokens, {result['texts'][name]['eval_time_s']:.1f} s)")
     if report_path is not None:
         write_json_atomic(report_path, result, overwrite=args.overwrite)
-    emit(result, [f"perplexity {value:.4f} on {result['windows']} × {result['seq_len']} tokens "
-                  f"({result['eval_time_s']:.1f} s)"], args.json)
+    emit(result, lines, args.json)
     return 0

@@ -12,6 +12,11 @@ otherwise to evaluation. Each split is joined with blank lines, tokenized once, 
 non-overlapping windows of ``seq_len`` tokens (the tail shorter than a window is dropped). For a
 tokenizer that starts every text with BOS (Gemma), each window is BOS followed by ``seq_len − 1`` text
 tokens, so every window looks like the start of a document, as the model was trained.
+
+Out-of-domain evaluation text (``news``): the Lee background corpus shipped in the same gensim wheel
+(``test/test_data/lee_background.cor``): 300 news articles of the Australian Broadcasting Corporation
+(2001), one per line — reporting, not encyclopedia articles, and sharing no text with the Wikipedia sample
+(tested). It is used for evaluation only, never for calibration.
 """
 
 from __future__ import annotations
@@ -39,6 +44,10 @@ __all__ = [
     "load_model",
     "quiet_transformers",
     "wiki_articles",
+    "news_articles",
+    "split_text",
+    "SPLITS",
+    "EVALUATION_TEXTS",
     "split_articles",
     "token_windows",
     "text_windows",
@@ -55,6 +64,11 @@ PACKAGED_MODELS = {SMOLLM2: "smollm2-135m-instruct-fp32", GEMMA3: "gemma3-270m-f
 #: Article i (dump order, redirects dropped) is a calibration article when i % CALIBRATION_EVERY == 0.
 CALIBRATION_EVERY = 4
 WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+NEWS_FILE = "lee_background.cor"
+#: The texts windows are cut from: calibration and evaluation articles of the Wikipedia sample, and news.
+SPLITS = ("calibration", "evaluation", "news")
+#: Evaluation texts by the name tables and ``qronos eval`` use: in-domain and out-of-domain.
+EVALUATION_TEXTS = {"wiki": "evaluation", "news": "news"}
 
 
 def _package_folder(name: str, pip_hint: str) -> Path:
@@ -151,13 +165,24 @@ _HEADING = re.compile(r"^\s*=+\s*(.*?)\s*=+\s*$", flags=re.MULTILINE)
 _BLANK_LINES = re.compile(r"\n{3,}")
 
 
+def _gensim_test_file(name: str) -> Path:
+    path = _package_folder("gensim", "pip install gensim") / "test" / "test_data" / name
+    if not path.exists():
+        raise FileNotFoundError(f"the gensim test file {name} is missing: {path}")
+    return path
+
+
+def news_articles() -> list[str]:
+    """The 300 news articles of gensim's Lee background corpus, in file order (out-of-domain text)."""
+    lines = _gensim_test_file(NEWS_FILE).read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip()]
+
+
 def wiki_articles() -> list[str]:
     """Plain text of the real articles of the gensim Wikipedia sample, in dump order."""
     from gensim.corpora.wikicorpus import extract_pages, filter_wiki
 
-    dump = _package_folder("gensim", "pip install gensim") / "test" / "test_data" / WIKI_FILE
-    if not dump.exists():
-        raise FileNotFoundError(f"the gensim Wikipedia sample is missing: {dump}")
+    dump = _gensim_test_file(WIKI_FILE)
     import bz2
 
     articles = []
@@ -202,12 +227,20 @@ def token_windows(
     return torch.cat([torch.full((available, 1), bos_token_id, dtype=torch.int64), windows], dim=1)
 
 
-def text_windows(tokenizer, split: str, seq_len: int, n_windows: int | None = None) -> torch.Tensor:
-    """Windows of the ``"calibration"`` or ``"evaluation"`` split of the Wikipedia sample."""
+def split_text(split: str) -> list[str]:
+    """The articles of a split (:data:`SPLITS`)."""
+    if split == "news":
+        return news_articles()
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     calibration, evaluation = split_articles(wiki_articles())
-    articles = {"calibration": calibration, "evaluation": evaluation}.get(split)
-    if articles is None:
-        raise ValueError(f"split must be 'calibration' or 'evaluation', got {split!r}")
+    return calibration if split == "calibration" else evaluation
+
+
+def text_windows(tokenizer, split: str, seq_len: int, n_windows: int | None = None) -> torch.Tensor:
+    """Windows of a split (:data:`SPLITS`): the calibration or evaluation articles of the Wikipedia sample,
+    or the news articles."""
+    articles = split_text(split)
     token_ids = tokenizer("\n\n".join(articles), add_special_tokens=False)["input_ids"]
     return token_windows(token_ids, seq_len, n_windows, bos_token_id=window_bos(tokenizer))
 

@@ -15,7 +15,6 @@ stream, plus one float copy of the current block.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections import Counter
 
@@ -36,6 +35,7 @@ __all__ = [
     "resolve_block_list",
     "capture_block_inputs",
     "quantize_causal_lm",
+    "evaluate",
     "perplexity",
 ]
 
@@ -259,22 +259,38 @@ def _add_act_quantizer(layer: nn.Module, act_bits: int) -> None:
     layer.register_forward_pre_hook(InputTransform(None, act_bits))
 
 
-def perplexity(model: nn.Module, windows: torch.Tensor, *, batch_size: int = 1, progress: bool = True) -> float:
-    """``exp(mean token negative log-likelihood)`` over non-overlapping windows (each predicts seq−1 tokens)."""
-    from tqdm import tqdm
+def evaluate(model: nn.Module, windows: torch.Tensor, *, reference: nn.Module | None = None, batch_size: int = 1,
+             progress: bool = True) -> dict:
+    """Perplexity and KL to a reference over non-overlapping windows, in one pass.
 
+    Each window of n tokens predicts its last n − 1 tokens from the logits at positions 0 … n − 2:
+    ``perplexity = exp(mean −log p(token))`` and, with ``reference`` (the float model),
+    ``kl = mean over the same positions of KL(p_ref ‖ p) = Σ_v p_ref(v) (log p_ref(v) − log p(v))``, the
+    metric of the YAQA paper. Returns ``{"perplexity", "kl" (None without reference), "tokens"}``.
+    """
     if windows.ndim != 2 or windows.shape[0] == 0 or windows.shape[1] < 2:
-        raise ValueError("perplexity needs a non-empty n_windows × seq_len tensor with seq_len >= 2")
+        raise ValueError("evaluation needs a non-empty n_windows × seq_len tensor with seq_len >= 2")
     model.eval()
-    total_nll, total_tokens = 0.0, 0
+    if reference is not None:
+        reference.eval()
+    total_nll, total_kl, total_tokens = 0.0, 0.0, 0
+    bar = progress_bar(windows.shape[0], "evaluate", "window", enabled=progress)
     with torch.no_grad():
-        for start in tqdm(range(0, windows.shape[0], batch_size), desc="perplexity", unit="batch",
-                          file=sys.stderr, disable=not progress):
+        for start in range(0, windows.shape[0], batch_size):
             batch = windows[start : start + batch_size]
-            logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
-            nll = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
-            )
-            total_nll += float(nll)
-            total_tokens += batch[:, 1:].numel()
-    return math.exp(total_nll / total_tokens)
+            log_p = torch.log_softmax(model(input_ids=batch, use_cache=False).logits[:, :-1].float(), dim=-1)
+            targets = batch[:, 1:]
+            total_nll -= float(log_p.gather(-1, targets.unsqueeze(-1)).sum())
+            if reference is not None:
+                log_ref = torch.log_softmax(reference(input_ids=batch, use_cache=False).logits[:, :-1].float(), dim=-1)
+                total_kl += float((log_ref.exp() * (log_ref - log_p)).sum())
+            total_tokens += targets.numel()
+            bar.update(batch.shape[0])
+    bar.close()
+    return {"perplexity": math.exp(total_nll / total_tokens),
+            "kl": None if reference is None else total_kl / total_tokens, "tokens": total_tokens}
+
+
+def perplexity(model: nn.Module, windows: torch.Tensor, *, batch_size: int = 1, progress: bool = True) -> float:
+    """``exp(mean token negative log-likelihood)`` over non-overlapping windows (see :func:`evaluate`)."""
+    return evaluate(model, windows, batch_size=batch_size, progress=progress)["perplexity"]

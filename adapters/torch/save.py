@@ -58,8 +58,9 @@ def _strip_load_time_quantization(model: nn.Module) -> None:
 
 
 def save_quantized(model: nn.Module, out_dir, report: dict, *, tokenizer=None, transforms: dict | None = None,
-                   base_model: str | None = None, overwrite: bool = False) -> Path:
-    """Write the folder described in the module docstring; returns its path."""
+                   base_model: str | None = None, base_model_name: str | None = None, overwrite: bool = False) -> Path:
+    """Write the folder described in the module docstring; returns its path. ``base_model``: the float
+    model's folder, ``base_model_name``: how it was named (a packaged model's name finds it on any machine)."""
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
@@ -91,6 +92,7 @@ def save_quantized(model: nn.Module, out_dir, report: dict, *, tokenizer=None, t
     record = {
         "format": FORMAT,
         "base_model": base_model,
+        "base_model_name": base_model_name,
         "recipe": report.get("recipe"),
         "x_mode": report.get("x_mode"),
         "blocks": report.get("blocks"),

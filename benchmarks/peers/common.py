@@ -209,6 +209,22 @@ def check_grid(weight, codes, scale, zero, bits: int, group_size: int | None) ->
     }
 
 
+def weight_bias_check(quant_model, float_model) -> dict:
+    """Systematic shift of the quantized block weights: max over layers of |mean(Wq − W)| / mean|Wq − W|
+    (≈ 0 for an unbiased rounding, ≈ 1 if every weight moved the same way, e.g. an off-by-one zero point)."""
+    import torch
+
+    fl = dict(block_linears(float_model))
+    worst = 0.0
+    rel = []
+    with torch.no_grad():
+        for name, m in block_linears(quant_model):
+            d = m.weight.double() - fl[name].weight.double()
+            worst = max(worst, float(d.mean().abs() / d.abs().mean().clamp_min(1e-30)))
+            rel.append(float(d.norm() / fl[name].weight.double().norm()))
+    return {"max_rel_mean_shift": worst, "mean_rel_weight_err": sum(rel) / len(rel)}
+
+
 def assert_float_outside_blocks(quant_model, float_model) -> None:
     """Embeddings, final norm and lm_head must be bit-identical to the float model."""
     import torch

@@ -27,8 +27,10 @@ pool is rebuilt with 1 worker each. The packed ``TorchLinear`` modules are dequa
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -53,48 +55,48 @@ def patch_thread_pool():
     gptqmodel._build_device_thread_pool = build
 
 
-def materialize(torch, hf_model, bits: int, group_size):
+def extract_weights(torch, hf_model, bits: int):
+    """{block-linear name: fp32 (out, in) weight} from the packed modules of the reloaded GPTQModel model.
+
+    The packed weight is dequantized by GPTQModel itself (eager ``PackableQuantLinear.dequantize_weight``,
+    checked against the module's forward), in fp16 like its kernel. The fp32 weight is then
+    ``round(w16 / scale) · scale`` with the stored (fp16) scale: the integer ``code − zero`` is recovered
+    exactly and only the final product is formed in fp32."""
     from gptqmodel.nn_modules.qlinear import PackableQuantLinear
 
-    n = 0
+    weights = {}
     worst_grid = 0.0
     span_max = 0
     levels_max = 0
     scale_dtype = None
     with torch.no_grad():
-        for parent_name, parent in list(hf_model.named_modules()):
-            for child_name, child in list(parent.named_children()):
-                if not isinstance(child, PackableQuantLinear):
-                    continue
-                full = f"{parent_name}.{child_name}" if parent_name else child_name
-                if not full.startswith(common.BLOCKS + "."):
-                    raise AssertionError(f"unexpected quantized layer outside the blocks: {full}")
-                # GPTQ layout: (in_features, out_features); checked against the module's own forward below
-                w = PackableQuantLinear.dequantize_weight(child).detach().float().t().contiguous()
-                if n == 0:
-                    probe = torch.randn(3, child.in_features)
-                    ref = child(probe).float() - (child.bias.float() if child.bias is not None else 0)
-                    if not torch.allclose(probe @ w.t(), ref, rtol=1e-3, atol=1e-3):
-                        raise AssertionError(f"dequantized weight of {full} does not reproduce its forward")
-                out_f, in_f = w.shape
-                scale_dtype = str(child.scales.dtype)
-                scales = child.scales.detach().float().t().reshape(out_f, -1)  # (out, n_groups)
-                g_idx = child.g_idx.detach().long() if hasattr(child, "g_idx") else torch.zeros(in_f, dtype=torch.long)
-                k = w / scales[:, g_idx]  # = code − zero, must be integral
-                worst_grid = max(worst_grid, float((k - torch.round(k)).abs().max()))
-                for g in range(scales.shape[1]):
-                    kg = torch.round(k[:, g_idx == g])
-                    span_max = max(span_max, int((kg.max(1).values - kg.min(1).values).max()))
-                levels_max = max(levels_max, max(len(torch.unique(r)) for r in w[: min(8, out_f)]))
-                linear = torch.nn.Linear(in_f, out_f, bias=child.bias is not None)
-                linear.weight.copy_(w)
-                if child.bias is not None:
-                    linear.bias.copy_(child.bias.detach().float())
-                setattr(parent, child_name, linear)
-                n += 1
-    return {
-        "n_quantized_linears": n,
-        "max_abs_noninteger_code": worst_grid,  # |w/scale − round(w/scale)|, scales as stored
+        for name, child in hf_model.named_modules():
+            if not isinstance(child, PackableQuantLinear):
+                continue
+            if not name.startswith(common.BLOCKS + "."):
+                raise AssertionError(f"unexpected quantized layer outside the blocks: {name}")
+            w16 = PackableQuantLinear.dequantize_weight(child).detach().t().contiguous()  # GPTQ layout is (in, out)
+            if not weights:
+                probe = torch.randn(3, child.in_features, dtype=w16.dtype)
+                ref = child(probe) - (child.bias if child.bias is not None else 0)
+                if not torch.allclose((probe.float() @ w16.float().t()), ref.float(), rtol=1e-2, atol=1e-2):
+                    raise AssertionError(f"dequantized weight of {name} does not reproduce its forward")
+            out_f, in_f = w16.shape
+            scale_dtype = str(child.scales.dtype)
+            scales = child.scales.detach().float().t().reshape(out_f, -1)  # (out, n_groups)
+            g_idx = child.g_idx.detach().long()
+            k = w16.float() / scales[:, g_idx]  # = code − zero, integral up to the fp16 product rounding
+            worst_grid = max(worst_grid, float((k - torch.round(k)).abs().max()))
+            k = torch.round(k)
+            for g in range(scales.shape[1]):
+                kg = k[:, g_idx == g]
+                span_max = max(span_max, int((kg.max(1).values - kg.min(1).values).max()))
+            w = k * scales[:, g_idx]
+            levels_max = max(levels_max, max(len(torch.unique(r)) for r in w[: min(8, out_f)]))
+            weights[name] = w
+    return weights, {
+        "n_quantized_linears": len(weights),
+        "max_abs_noninteger_code": worst_grid,  # |w16/scale − round(w16/scale)|
         "codes_in_range": span_max <= 2 ** bits - 1,
         "max_code_span": span_max,
         "n_levels_used_max": levels_max,
@@ -109,6 +111,7 @@ def main(argv=None):
     parser.add_argument("--damp-percent", type=float, default=None, help="default: GPTQConfig's (0.05)")
     parser.add_argument("--desc-act", action="store_true", help="act-order (GPTQConfig default False)")
     parser.add_argument("--no-gar", action="store_true", help="act_group_aware=False (default True for groups)")
+    parser.add_argument("--scratch", default=None, help="folder for the temporary saved checkpoint")
     parser.add_argument("--static-groups", action="store_true",
                         help="freeze group scales from the float weights (implies --no-gar)")
     args = parser.parse_args(argv)
@@ -117,7 +120,7 @@ def main(argv=None):
 
     warnings.filterwarnings("ignore")
     patch_thread_pool()
-    from gptqmodel import GPTQConfig, GPTQModel
+    from gptqmodel import BACKEND, GPTQConfig, GPTQModel
 
     setting = common.SETTINGS[args.setting]
     bits, group_size = setting["bits"], setting["group_size"]
@@ -138,9 +141,26 @@ def main(argv=None):
     with common.Timer() as t_quant:
         with common.Timer() as t_algo:
             qmodel.quantize(cal, batch_size=1, calibration_sort=None)
-        model = qmodel.model
-        grid = materialize(torch, model, bits, group_size)
-    rss_quant = common.peak_rss_mib()
+    # GPTQModel's route to a usable model is quantize -> save -> load: right after quantize() the packed
+    # modules still hold GPTQ-v1 zero points (stored as zero − 1) that the in-memory Torch kernel reads as
+    # v2, which shifts every weight by one step (measured: perplexity ~2e8); the load converts v1 -> v2.
+    with common.Timer() as t_reload, tempfile.TemporaryDirectory(dir=args.scratch) as tmp:
+        qmodel.save(tmp)
+        del qmodel
+        gc.collect()
+        qmodel = GPTQModel.load(tmp, device="cpu", backend=BACKEND.TORCH, dtype=torch.float16)  # TorchLinear: fp16/bf16 only; the scales are saved in fp16
+        weights, grid = extract_weights(torch, qmodel.model, bits)
+        del qmodel
+        gc.collect()
+        # the evaluated model: the fp32 float model with the quantized block weights put in (GPTQModel's reload
+        # is fp16 throughout, embeddings, norms and lm_head included)
+        model = common.load_float_model(args.model)
+        with torch.no_grad():
+            for name, linear in common.block_linears(model):
+                linear.weight.copy_(weights.pop(name))
+        if weights:
+            raise AssertionError(f"quantized weights without a target: {sorted(weights)[:3]}")
+    rss_quant = common.peak_rss_mib()  # includes the save/reload
     common.save_weights(model, args.save_weights)
     if grid["n_quantized_linears"] != n_linears:
         raise AssertionError(f"quantized {grid['n_quantized_linears']} linears, expected {n_linears}")
@@ -150,6 +170,7 @@ def main(argv=None):
     with common.Timer() as t_eval:
         float_model = common.load_float_model(args.model)
         common.assert_float_outside_blocks(model, float_model)
+        grid.update(common.weight_bias_check(model, float_model))
         metrics = common.evaluate(model, float_model, evals)
 
     row = {
@@ -173,6 +194,7 @@ def main(argv=None):
         "quant_seconds": t_quant.seconds,
         "algo_seconds": t_algo.seconds,
         "load_seconds": t_load.seconds,
+        "save_reload_seconds": t_reload.seconds,
         "eval_seconds": t_eval.seconds,
         "peak_rss_quant_mib": rss_quant,
         "peak_rss_mib": common.peak_rss_mib(),

@@ -142,6 +142,7 @@ def main(argv=None):
     with common.Timer() as t_eval:
         float_model = common.load_float_model(args.model)
         common.assert_float_outside_blocks(model, float_model)
+        grid.update(common.weight_bias_check(model, float_model))
         metrics = common.evaluate(model, float_model, evals)
 
     row = {
