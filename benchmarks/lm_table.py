@@ -1,21 +1,23 @@
-"""Regenerate docs/results_lm.md (SmolLM2-135M-Instruct) or docs/results_lm_gemma3.md (Gemma-3-270M):
-perplexity after quantization.
+"""Regenerate the language-model tables: perplexity and KL to the float model on two texts, per recipe.
 
-A row is (setting, algorithm, x_mode). x_mode is the meaning of X, the float target that GPFQ, GPTAQ and
-Qronos fit (float: the true float model; block: the float block applied to the quantized stream, as
-Brevitas does); RTN and OPTQ do not use X, so their rows have no x_mode.
+Tables (``--table``): ``smollm2`` (docs/results_lm.md: every algorithm at its defaults, per setting),
+``smollm2-defaults`` (docs/results_lm_defaults.md: the measurements the defaults were chosen from),
+``smollm2-calibration`` (docs/results_lm_calibration.md: perplexity against the number of calibration
+windows) and ``gemma3-270m`` (docs/results_lm_gemma3.md). A row is a setting (grid, transforms) and a
+variant (algorithm, X mode, act-order, damping); every row runs in its own subprocess (its peak RSS is its
+own): load the fp32 model, apply the transforms, quantize (as ``qronos quantize-lm`` does, no per-layer
+errors), evaluate perplexity and mean per-token KL(p_float ‖ p_quant) on the first windows of the
+in-domain Wikipedia evaluation articles (``wiki``) and of the out-of-domain news (``news``). The float
+model's log-probabilities of the evaluation windows are computed once per table and kept as float16
+memory maps in the cache (``$QRONOS_CACHE`` or ``~/.cache/qronos_linalg``).
 
-Each row runs in its own subprocess (so its peak RSS is its own): load the fp32 model, apply the
-transforms, quantize block by block, evaluate perplexity on the evaluation windows of the documented
-Wikipedia split (adapters/torch/data.py). Finished rows are stored in the table's .json; a run skips
-the selected rows already stored there (a failed row is run again; --rerun runs them anyway) and, after
-every row, rebuilds the table from all stored rows (temp + rename, under a file lock), so an interrupted
-run keeps what it finished and runs started side by side (say one per core) keep each other's rows.
+Finished rows are stored in the table's ``.json`` (a run skips stored rows; ``--rerun`` runs them again),
+and the table is rebuilt after every row under a file lock, so runs started side by side (one per core,
+with disjoint ``--only`` selections) keep each other's rows.
 
-    python benchmarks/lm_table.py --calib-windows 16 --eval-windows 20            # every missing row
-    python benchmarks/lm_table.py --calib-windows 16 --eval-windows 20 \\
-        --only "W3 g128 asym" --algorithms qronos --x-modes block --threads 1     # one row
-    python benchmarks/lm_table.py --model gemma3-270m --calib-windows 16 --eval-windows 20 --threads 1
+    python benchmarks/lm_table.py --table smollm2 --threads 1                  # every missing row
+    python benchmarks/lm_table.py --table smollm2-defaults --only "W3 g128 asym | qronos X block"
+    python benchmarks/lm_table.py --table smollm2 --list                       # the row ids
 """
 
 from __future__ import annotations
@@ -30,294 +32,325 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from qronos_linalg.adapters.torch import X_MODES
 from qronos_linalg.io import write_text_atomic
-from qronos_linalg.recipe import ALGORITHMS, SOLVERS
+from qronos_linalg.recipe import SOLVERS
 
 ROOT = Path(__file__).resolve().parents[1]
-
 FLOAT = "float"
 SETTINGS = {
     "W4 per-channel asym": {"bits": 4},
     "W3 g128 asym": {"bits": 3, "group_size": 128},
-    "W2 g64 + Hadamard + MagR + β=0.8": {"bits": 2, "group_size": 64, "hadamard": True, "magr": 0.001,
-                                         "shrink": 0.8},
+    "W2 g64 + Hadamard + MagR + β=0.8": {"bits": 2, "group_size": 64, "hadamard": True, "magr": 0.001, "shrink": 0.8},
     "W4A8 per-channel + Hadamard": {"bits": 4, "act_bits": 8, "hadamard": True},
     "W4A4 per-channel + Hadamard": {"bits": 4, "act_bits": 4, "hadamard": True},
-    # The same settings with ten times the default damping, for the damped solvers only (RTN and GPFQ
-    # have no damping): Qronos' first-step re-fit over-fits 16 calibration windows at damp 0.01.
-    "W3 g128 asym, damp 0.1": {"bits": 3, "group_size": 128, "damp": 0.1},
-    "W4A4 per-channel + Hadamard, damp 0.1": {"bits": 4, "act_bits": 4, "hadamard": True, "damp": 0.1},
 }
-DAMPED = tuple(name for name, solver in SOLVERS.items() if solver.damped)
-USES_X = tuple(name for name, solver in SOLVERS.items() if solver.uses_float_inputs)
-#: Keys of the windows that make stored rows comparable; a results file with other values is refused.
-WINDOW_KEYS = ("calib_windows", "eval_windows", "seq_len")
+TEXTS = ("wiki", "news")
 
 
 @dataclass(frozen=True)
-class Model:
-    """A packaged model (adapters/torch/data.py name), its table and the settings it supports."""
+class Variant:
+    """An algorithm and how it is run; fields left None take the adapter's defaults."""
 
-    name: str
-    title: str
-    table_name: str
-    description: str
-    settings: tuple[str, ...]
+    algorithm: str
+    x_mode: str | None = None
+    act_order: bool | None = None
+    damp: float | None = None
+    damp_mode: str | None = None
 
     @property
-    def table(self) -> Path:
-        return ROOT / "docs" / f"{self.table_name}.md"
+    def label(self) -> str:
+        if self.algorithm == FLOAT:
+            return FLOAT
+        parts = [self.algorithm]
+        if self.x_mode is not None:
+            parts.append(f"X {self.x_mode}")
+        if self.act_order is not None:
+            parts.append("act-order" if self.act_order else "no act-order")
+        if self.damp is not None:
+            parts.append(f"damp {self.damp:g}" + (" spectral" if self.damp_mode == "spectral" else ""))
+        return " ".join(parts)
+
+    def options(self) -> dict:
+        options = {"algo": self.algorithm}
+        options.update({key: value for key, value in (("act_order", self.act_order), ("damp", self.damp),
+                                                      ("damp_mode", self.damp_mode)) if value is not None})
+        return options
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    model: str
+    title: str
+    page: str
+    description: str
+    calib_windows: int
+    eval_windows: int
+    rows: tuple  # (setting, Variant, calibration windows or None for the table's)
+    seq_len: int = 512
+    notes: tuple = field(default=())
+
+    @property
+    def path(self) -> Path:
+        return ROOT / "docs" / f"{self.page}.md"
 
     @property
     def results(self) -> Path:
-        return self.table.with_suffix(".json")
+        return self.path.with_suffix(".json")
 
 
-DEFAULT_MODEL = "smollm2"
-MODELS = {model.name: model for model in (
-    Model(
-        DEFAULT_MODEL, "SmolLM2-135M-Instruct", "results_lm",
-        "SmolLM2-135M-Instruct (packaged GGUF, dequantized to fp32). All 210 linears of the 30 decoder blocks "
-        "quantized; embeddings and lm_head stay float. W4 asymmetric g32 is lossless for this model (its GGUF "
-        "grid) and is therefore not used.",
-        tuple(SETTINGS),
-    ),
-    Model(
-        "gemma3-270m", "Gemma-3-270M", "results_lm_gemma3",
-        "Gemma-3-270M base (packaged Q4_K_M GGUF, dequantized to fp32; 18 blocks alternating sliding-window and "
-        "global attention, hidden 640). All 126 linears of the decoder blocks quantized; embeddings and the "
-        "tied lm_head (vocabulary 262,144: 63% of the parameters) stay float. Every window starts with BOS "
-        "(511 text tokens). Weight-only settings only: Gemma's norms on the residual branches do not commute "
-        "with the QuaRot rotation, which refuses these blocks.",
-        ("W4 per-channel asym", "W3 g128 asym"),
-    ),
-)}
+def row_id(setting: str, variant: Variant, windows: int | None = None) -> str:
+    return FLOAT if variant.algorithm == FLOAT else \
+        f"{setting} | {variant.label}" + ("" if windows is None else f" | {windows} windows")
 
 
-def all_rows(model: Model) -> list[tuple[str, str, str | None]]:
-    """Every (setting, algorithm, x_mode) of the model's table, in order; x_mode is None where X is unused."""
-    rows = [(FLOAT, FLOAT, None)]
-    for setting in model.settings:
-        for algorithm in DAMPED if "damp" in SETTINGS[setting] else ALGORITHMS:
-            x_modes = X_MODES if algorithm in USES_X else (None,)
-            rows += [(setting, algorithm, x_mode) for x_mode in x_modes]
+def _defaults_rows(setting: str) -> list:
+    """Each algorithm at the adapter's defaults (what `qronos quantize-lm --algo A` does)."""
+    return [(setting, Variant(algorithm), None) for algorithm in SOLVERS]
+
+
+def _study_rows(setting: str) -> list:
+    """The measurements behind the defaults: act-order, X mode and damping."""
+    rows = [(setting, Variant("rtn"), None)]
+    rows += [(setting, Variant("optq", act_order=flag), None) for flag in (False, True)]
+    for algorithm in ("gpfq", "gptaq", "qronos"):
+        rows += [(setting, Variant(algorithm, x_mode=mode, act_order=True), None) for mode in ("float", "block")]
+    rows += [(setting, Variant("qronos", x_mode=mode, act_order=True, damp=damp, damp_mode=damp_mode), None)
+             for mode in ("float", "block") for damp, damp_mode in ((0.1, "relative"), (1e-6, "spectral"))]
+    rows += [(setting, Variant("optq", act_order=True, damp=0.1), None),
+             (setting, Variant("gptaq", x_mode="float", act_order=True, damp=0.1), None)]
     return rows
 
 
-def selected_rows(model: Model, settings: list[str], algorithms: list[str], x_modes: list[str]) -> list[tuple]:
-    return [
-        (setting, algorithm, x_mode) for setting, algorithm, x_mode in all_rows(model)
-        if setting in settings and algorithm in algorithms and (x_mode is None or x_mode in x_modes)
-    ]
+SMOLLM2_DESCRIPTION = ("SmolLM2-135M-Instruct (packaged GGUF, dequantized to fp32). All 210 linears of the 30 "
+                       "decoder blocks quantized; embeddings and lm_head stay float. W4 asymmetric g32 is "
+                       "lossless for this model (its GGUF grid) and is therefore not used.")
+TABLES = {table.name: table for table in (
+    Table("smollm2", "smollm2", "SmolLM2-135M-Instruct: perplexity and KL after quantization", "results_lm",
+          SMOLLM2_DESCRIPTION, 128, 40,
+          tuple([(FLOAT, Variant(FLOAT), None)] + [row for setting in SETTINGS for row in _defaults_rows(setting)])),
+    Table("smollm2-defaults", "smollm2", "SmolLM2-135M-Instruct: the measurements behind the defaults",
+          "results_lm_defaults", SMOLLM2_DESCRIPTION, 128, 40,
+          tuple([(FLOAT, Variant(FLOAT), None)] + [row for setting in ("W4 per-channel asym", "W3 g128 asym")
+                                                   for row in _study_rows(setting)])),
+    Table("smollm2-calibration", "smollm2", "SmolLM2-135M-Instruct: calibration size", "results_lm_calibration",
+          SMOLLM2_DESCRIPTION, 128, 40,
+          tuple([(FLOAT, Variant(FLOAT), None)] + [("W3 g128 asym", Variant(algorithm), windows)
+                                                   for algorithm in ("optq", "qronos") for windows in (16, 32, 128, 256)])),
+    Table("gemma3-270m", "gemma3-270m", "Gemma-3-270M: perplexity and KL after quantization", "results_lm_gemma3",
+          "Gemma-3-270M base (packaged Q4_K_M GGUF, dequantized to fp32; 18 blocks alternating sliding-window and "
+          "global attention, hidden 640). All 126 linears of the decoder blocks quantized; embeddings and the tied "
+          "lm_head (vocabulary 262,144: 63% of the parameters) stay float. Every window starts with BOS (511 text "
+          "tokens). Weight-only settings only: Gemma's norms on the residual branches do not commute with the "
+          "QuaRot rotation, which refuses these blocks.", 128, 20,
+          tuple([(FLOAT, Variant(FLOAT), None)] + [row for setting in ("W4 per-channel asym", "W3 g128 asym")
+                                                   for row in _defaults_rows(setting)])),
+)}
+#: Float16 log-probability caches above this size are not kept (Gemma: 262k vocabulary): the reference
+#: model then runs beside the quantized one.
+MAX_REFERENCE_CACHE_BYTES = 6 * 2**30
 
 
-def row_key(row: dict) -> tuple:
-    return row["setting"], row["algorithm"], row["x_mode"]
+def cache_root() -> Path:
+    return Path(os.environ.get("QRONOS_CACHE", Path.home() / ".cache" / "qronos_linalg"))
 
 
-def run_one(model_name: str, setting: str, algorithm: str, x_mode: str | None, windows_file: Path) -> dict:
-    """Quantize (unless float) and evaluate one configuration in this process."""
-    from qronos_linalg.adapters.torch import perplexity, quantize_causal_lm
+def run_row(table: Table, setting: str, variant: Variant, calib_windows: int, windows_file: Path) -> dict:
+    """Quantize (unless float) and evaluate one row in this process."""
+    from qronos_linalg.adapters.torch import quantize_causal_lm
+    from qronos_linalg.adapters.torch.cli import DEFAULT_RECIPE
     from qronos_linalg.adapters.torch.data import load_model
+    from qronos_linalg.adapters.torch.lm import evaluate
     from qronos_linalg.adapters.torch.rotation import rotate_llama
-    from qronos_linalg.options import recipe_from_options
+    from qronos_linalg.options import recipe_from_options, recipe_to_options
+
+    import numpy as np
 
     torch.manual_seed(0)
-    windows = torch.load(windows_file)
-    model, _tokenizer, _folder = load_model(model_name)
-    quant_time = 0.0
-    if algorithm != FLOAT:
+    data = torch.load(windows_file)
+    model, _tokenizer, _folder = load_model(table.model)
+    quant_time, recipe = 0.0, None
+    if variant.algorithm != FLOAT:
         options = dict(SETTINGS[setting])
         hadamard = options.pop("hadamard", False)
+        recipe = recipe_from_options({**recipe_to_options(DEFAULT_RECIPE), **options, **variant.options()})
         start = time.perf_counter()
         if hadamard:
             rotate_llama(model, seed=0)
-        # x_mode only matters for the algorithms that use X; pass the adapter default for the others.
-        quantize_causal_lm(model, windows["calibration"], recipe_from_options({"algo": algorithm, **options}),
-                           x_mode=x_mode or "float", progress=False)
+        quantize_causal_lm(model, data["calibration"][:calib_windows], recipe,
+                           x_mode=variant.x_mode or data["default_x_mode"], errors=False, progress=False)
         quant_time = time.perf_counter() - start
-    start = time.perf_counter()
-    value = perplexity(model, windows["evaluation"], progress=False)
+    reference = None if data["log_probs"] else load_model(table.model)[0]
+    scores = {}
+    for text in TEXTS:
+        start = time.perf_counter()
+        log_probs = np.load(data["log_probs"][text], mmap_mode="r") if data["log_probs"] else None
+        if variant.algorithm == FLOAT:
+            result = evaluate(model, data["eval"][text], progress=False)
+            result["kl"] = 0.0
+        else:
+            result = evaluate(model, data["eval"][text], reference=reference, reference_log_probs=log_probs,
+                              progress=False)
+        scores[text] = {**result, "eval_s": time.perf_counter() - start}
     return {
-        "setting": setting, "algorithm": algorithm, "x_mode": x_mode, "perplexity": value,
-        "quantization_time_s": quant_time, "eval_time_s": time.perf_counter() - start,
+        "id": row_id(setting, variant, calib_windows if calib_windows != table.calib_windows else None),
+        "setting": setting, "variant": variant.label, "algorithm": variant.algorithm,
+        "x_mode": variant.x_mode or (data["default_x_mode"] if variant.algorithm != FLOAT and
+                                     SOLVERS[variant.algorithm].uses_float_inputs else None),
+        "recipe": None if recipe is None else recipe_to_options(recipe), "calibration_windows": calib_windows,
+        "scores": scores, "quantization_time_s": quant_time,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "threads": torch.get_num_threads(),
     }
 
 
-def run_child(model_name: str, setting: str, algorithm: str, x_mode: str | None, windows_file: Path,
-              threads: int) -> dict:
-    """run_one in a subprocess; a crash becomes a row with an ``error`` instead of a perplexity."""
-    command = [sys.executable, __file__, "--model", model_name, "--threads", str(threads),
-               "--one", setting, algorithm, x_mode or "-", str(windows_file)]
+def prepare(table: Table, scratch: Path, progress: bool) -> Path:
+    """Token windows (calibration and both evaluation texts) and the float log-probability caches."""
+    from qronos_linalg.adapters.torch.cli import DEFAULT_X_MODE
+    from qronos_linalg.adapters.torch.data import EVALUATION_TEXTS, load_model, text_windows
+    from qronos_linalg.adapters.torch.lm import reference_log_probs
+
+    model, tokenizer, _ = load_model(table.model)
+    most = max(windows or table.calib_windows for _, _, windows in table.rows)
+    evaluation = {text: text_windows(tokenizer, EVALUATION_TEXTS[text], table.seq_len, table.eval_windows)
+                  for text in TEXTS}
+    vocabulary = model.get_output_embeddings().weight.shape[0]
+    size = table.eval_windows * (table.seq_len - 1) * vocabulary * 2
+    log_probs = {}
+    if size <= MAX_REFERENCE_CACHE_BYTES:
+        for text, windows in evaluation.items():
+            path = cache_root() / f"logprobs-{table.model}-{text}-{table.eval_windows}x{table.seq_len}.npy"
+            reference_log_probs(model, windows, path, progress=progress)
+            log_probs[text] = str(path)
+    data = {"calibration": text_windows(tokenizer, "calibration", table.seq_len, most), "eval": evaluation,
+            "log_probs": log_probs, "default_x_mode": DEFAULT_X_MODE}
+    windows_file = scratch / "windows.pt"
+    torch.save(data, windows_file)
+    return windows_file
+
+
+def run_child(table: Table, row: tuple, windows_file: Path, threads: int) -> dict:
+    """run_row in a subprocess; a crash becomes a row with an ``error``."""
+    setting, variant, windows = row
+    spec = json.dumps({"setting": setting, "variant": variant.__dict__, "windows": windows})
+    command = [sys.executable, __file__, "--table", table.name, "--threads", str(threads), "--one", spec,
+               str(windows_file)]
     child = subprocess.run(command, capture_output=True, text=True)
     if child.returncode == 0:
         return json.loads(child.stdout.strip().splitlines()[-1])
     stderr = child.stderr.strip().splitlines()
-    reason = stderr[-1] if stderr else f"exit status {child.returncode}"
-    return {"setting": setting, "algorithm": algorithm, "x_mode": x_mode, "error": reason, "threads": threads}
+    return {"id": row_id(setting, variant, windows), "setting": setting, "variant": variant.label,
+            "error": stderr[-1] if stderr else f"exit status {child.returncode}", "threads": threads}
 
 
-def load_results(model: Model, windows: dict) -> list[dict]:
-    """Rows stored by earlier runs with the same windows (none if there is no results file)."""
-    if not model.results.exists():
-        return []
-    stored = json.loads(model.results.read_text())
-    stored_windows = {key: stored[key] for key in WINDOW_KEYS}
-    if stored_windows != windows:
-        raise SystemExit(f"{model.results} holds rows for {stored_windows}, not {windows}; "
-                         "use the same options or move the file away to start a new table")
-    return stored["rows"]
+def load_rows(table: Table) -> dict:
+    if not table.results.exists():
+        return {}
+    stored = json.loads(table.results.read_text())
+    return {row["id"]: row for row in stored["rows"]}
 
 
-def store_row(model: Model, row: dict, windows: dict) -> None:
-    """Add (or replace) one row in the results file, under a lock so that concurrent runs keep each
-    other's rows, and rebuild the table."""
-    with open(model.results.with_name(f".{model.results.name}.lock"), "w") as lock:
+def store_row(table: Table, row: dict) -> None:
+    """Add (or replace) one row under a lock, so concurrent runs keep each other's rows; rebuild the page."""
+    with open(table.results.with_name(f".{table.results.name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        stored = load_results(model, windows)
-        save(model, [old for old in stored if row_key(old) != row_key(row)] + [row], windows)
+        rows = load_rows(table)
+        rows[row["id"]] = row
+        order = {row_id(*spec): index for index, spec in enumerate(table.rows)}
+        ordered = sorted(rows.values(), key=lambda r: order.get(r["id"], len(order)))
+        write_text_atomic(table.results, json.dumps({"rows": ordered}, indent=1, ensure_ascii=False) + "\n",
+                          overwrite=True)
+        write_text_atomic(table.path, page(table, ordered), overwrite=True)
 
 
-def save(model: Model, rows: list[dict], windows: dict) -> None:
-    """Store the rows (table order) and rebuild the table from them."""
-    order = {key: index for index, key in enumerate(all_rows(model))}
-    rows = sorted(rows, key=lambda row: order[row_key(row)])
-    write_text_atomic(model.results, json.dumps({**windows, "rows": rows}, indent=1, ensure_ascii=False) + "\n",
-                      overwrite=True)
-    write_text_atomic(model.table, table(model, rows, windows), overwrite=True)
-
-
-def table(model: Model, rows: list[dict], windows: dict) -> str:
-    model_option = "" if model.name == DEFAULT_MODEL else f"--model {model.name} "
-    transformed = any("act_bits" in SETTINGS[name] or "hadamard" in SETTINGS[name] for name in model.settings)
-    transform_notes = [
-        "- A8 / A4 rows fake-quantize the input of every quantized linear per token (dynamic asymmetric "
-        "8 / 4-bit), in calibration (X̃) and evaluation; "
-        "weight-only rows quantize no activations. Hadamard rows rotate the model first (seed 0); "
-        "the rotation is included in the quantization time."
-    ] if transformed else []
+def page(table: Table, rows: list) -> str:
     lines = [
-        f"# {model.title}: perplexity after quantization",
+        f"# {table.title}",
         "",
-        f"Generated by `benchmarks/lm_table.py` from the rows stored in `{model.results.name}`; do not edit by "
-        "hand. A run adds the rows it selects that are not stored yet; every row of this table is rerun by "
-        f"moving `{model.results.name}` away and running",
+        f"Generated by `benchmarks/lm_table.py --table {table.name}` from the rows stored in "
+        f"`{table.results.name}`; do not edit by hand.",
         "",
-        f"    python benchmarks/lm_table.py {model_option}--calib-windows {windows['calib_windows']} "
-        f"--eval-windows {windows['eval_windows']} --seq-len {windows['seq_len']} --threads 1",
+        f"- Model: {table.description}",
+        f"- Calibration: {table.calib_windows} windows × {table.seq_len} tokens from the calibration articles "
+        "(gensim Wikipedia sample; article i is calibration iff i % 4 == 0) unless the row says otherwise. "
+        f"Evaluation: the first {table.eval_windows} non-overlapping {table.seq_len}-token windows of the "
+        "Wikipedia **evaluation** articles (`wiki`, in-domain) and of gensim's Lee news corpus (`news`: 300 "
+        "ABC news articles, another domain, sharing no text with the calibration articles).",
+        "- ppl = perplexity; KL = mean per-token KL(p_float ‖ p_quant) in nats over the same predicted positions "
+        "(the float model's log-probabilities kept in float16, renormalised: exact to about 1e-4 relative).",
+        "- Recipe: the `qronos quantize-lm` defaults (docs/cli.md) unless the variant names a change; grids "
+        "asymmetric min-max fitted before rounding. X (GPFQ, GPTAQ, Qronos): `float` = the true float model, "
+        "`block` = the float block applied to the quantized stream (Brevitas' definition). A8/A4 settings "
+        "fake-quantize every quantized linear's input per token (calibration and evaluation); Hadamard settings "
+        "rotate the model first (seed 0; included in the quantization time).",
+        f"- Times on {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}) shared with other "
+        f"jobs, torch {torch.__version__}, with the row's torch threads (1 unless noted); peak RSS of the row's "
+        "process.",
         "",
-        f"- Model: {model.description}",
-        f"- Calibration: {windows['calib_windows']} windows × {windows['seq_len']} tokens from the calibration "
-        f"articles; evaluation: the first {windows['eval_windows']} non-overlapping {windows['seq_len']}-token "
-        "windows of the evaluation articles (gensim Wikipedia sample; article i is calibration iff i % 4 == 0).",
-        "- X (GPFQ, GPTAQ, Qronos only): `float` = the true float model; `block` = the float block applied "
-        "to the quantized stream (Brevitas' definition). X̃ from the partially quantized model. Grids "
-        "asymmetric min-max fitted before rounding; damping (OPTQ, GPTAQ, Qronos) 0.01, the solvers' default, "
-        "unless the setting names another (such settings have rows for the damped solvers only).",
-        *transform_notes,
-        f"- Times on {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}) shared with "
-        f"other jobs, torch {torch.__version__}, with the row's torch threads; peak memory = peak RSS of the "
-        "row's process.",
-        "",
-        "| setting | algorithm | X | perplexity | quantization time (s) | threads | peak RSS (MiB) |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| setting | variant | wiki ppl | wiki KL | news ppl | news KL | quantize (s) | peak RSS (MiB) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    notes = []
     for row in rows:
-        head = f"| {row['setting']} | {row['algorithm']} | {row['x_mode'] or '—'} |"
+        head = f"| {row['setting']} | {row['variant']}" + (
+            f" ({row['calibration_windows']} windows)" if row.get("calibration_windows") not in (None, table.calib_windows)
+            and row["algorithm"] != FLOAT else "") + " |"
         if "error" in row:
-            reason = row["error"].replace("|", r"\|")
-            lines.append(f"{head} failed: {reason} | | {row['threads']} | |")
+            lines.append(f"{head} failed: {row['error']} | | | | | |".replace("\n", " "))
             continue
-        marker = ""
-        if "note" in row:  # a remark stored with the row, e.g. on how it was measured
-            notes.append(row["note"])
-            marker = f" ({len(notes)})"
-        lines.append(f"{head} {row['perplexity']:.2f} | {row['quantization_time_s']:.0f}{marker} | "
-                     f"{row['threads']} | {row['peak_rss_mib']:.0f} |")
-    lines += [""] + [f"({index}) {note}" for index, note in enumerate(notes, 1)] if notes else []
-    missing = [row for row in all_rows(model) if row not in {row_key(stored) for stored in rows}]
+        wiki, news = row["scores"]["wiki"], row["scores"]["news"]
+        lines.append(f"{head} {wiki['perplexity']:.2f} | {wiki['kl']:.4f} | {news['perplexity']:.2f} | "
+                     f"{news['kl']:.4f} | {row['quantization_time_s']:.0f} | {row['peak_rss_mib']:.0f} |")
+    missing = [row_id(*spec) for spec in table.rows if row_id(*spec) not in {row["id"] for row in rows}]
     if missing:
-        lines += ["", "Not measured yet: " + "; ".join(
-            f"{setting} {algorithm}" + (f" (X {x_mode})" if x_mode else "") for setting, algorithm, x_mode in missing
-        ) + "."]
+        lines += ["", "Not measured yet: " + "; ".join(missing) + "."]
+    lines += list(table.notes)
     return "\n".join(lines) + "\n"
-
-
-def comma_list(choices):
-    def parse(text: str) -> list[str]:
-        items = [item.strip() for item in text.split(",") if item.strip()]
-        unknown = sorted(set(items) - set(choices))
-        if unknown:
-            raise argparse.ArgumentTypeError(f"unknown {unknown}; choose from {list(choices)}")
-        return items
-    return parse
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    settings = (FLOAT, *SETTINGS)
-    parser.add_argument("--only", action="append", choices=settings, metavar="SETTING",
-                        help=f"a setting to run (repeatable; default all): {', '.join(map(repr, settings))}")
-    algorithms = (FLOAT, *ALGORITHMS)
-    parser.add_argument("--algorithms", type=comma_list(algorithms), default=list(algorithms),
-                        help=f"comma-separated (default: {','.join(algorithms)})")
-    parser.add_argument("--x-modes", type=comma_list(X_MODES), default=list(X_MODES),
-                        help="comma-separated x_modes of the algorithms that use X (default: float,block)")
-    parser.add_argument("--calib-windows", type=int, default=32)
-    parser.add_argument("--eval-windows", type=int, default=40)
-    parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--rerun", action="store_true",
-                        help="run the selected rows even if they are stored (the new result replaces the old)")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                        help="torch threads of each row (default: torch's, which follows OMP_NUM_THREADS)")
-    parser.add_argument("--model", choices=list(MODELS), default=DEFAULT_MODEL,
-                        help="packaged model (default: smollm2); its table lists the settings it supports")
-    parser.add_argument("--one", nargs=4, metavar=("SETTING", "ALGORITHM", "X_MODE", "WINDOWS_FILE"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument("--table", choices=list(TABLES), default="smollm2")
+    parser.add_argument("--only", action="append", metavar="ROW_ID", help="a row id to run (repeatable; see --list)")
+    parser.add_argument("--match", help="run the rows whose id contains this text")
+    parser.add_argument("--list", action="store_true", help="print the row ids and whether they are stored")
+    parser.add_argument("--rerun", action="store_true", help="run selected rows even if stored")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each row (default 1)")
+    parser.add_argument("--one", nargs=2, metavar=("ROW_JSON", "WINDOWS_FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    table = TABLES[args.table]
     if args.one:
-        setting, algorithm, x_mode, windows_file = args.one
-        row = run_one(args.model, setting, algorithm, None if x_mode == "-" else x_mode, Path(windows_file))
+        spec = json.loads(args.one[0])
+        variant = Variant(**spec["variant"])
+        row = run_row(table, spec["setting"], variant, spec["windows"] or table.calib_windows, Path(args.one[1]))
         print(json.dumps(row))
         return 0
-
-    model = MODELS[args.model]
-    unsupported = sorted(set(args.only or []) - {FLOAT, *model.settings})
-    if unsupported:
-        parser.error(f"{model.title} does not support {unsupported}; its settings: {list(model.settings)}")
-    windows = {key: getattr(args, key) for key in WINDOW_KEYS}
-    stored = load_results(model, windows)
-    done = {row_key(row) for row in stored if "error" not in row}
-    todo = [row for row in selected_rows(model, args.only or [FLOAT, *model.settings], args.algorithms, args.x_modes)
-            if args.rerun or row not in done]
-    print(f"{len(todo)} row(s) to run, {len(done)} stored", flush=True)
-    if not todo:
-        save(model, stored, windows)
+    stored = load_rows(table)
+    ids = [row_id(*spec) for spec in table.rows]
+    if args.list:
+        for identifier in ids:
+            print(("stored " if identifier in stored and "error" not in stored[identifier] else "missing ") + identifier)
         return 0
-    from qronos_linalg.adapters.torch.data import load_model, text_windows
-
-    _model, tokenizer, _folder = load_model(model.name)
-    token_windows = {
-        "calibration": text_windows(tokenizer, "calibration", args.seq_len, args.calib_windows),
-        "evaluation": text_windows(tokenizer, "evaluation", args.seq_len, args.eval_windows),
-    }
+    unknown = sorted(set(args.only or []) - set(ids))
+    if unknown:
+        parser.error(f"unknown row ids {unknown}; see --list")
+    todo = [spec for spec in table.rows
+            if (not args.only or row_id(*spec) in args.only) and (not args.match or args.match in row_id(*spec))
+            and (args.rerun or row_id(*spec) not in stored or "error" in stored[row_id(*spec)])]
+    print(f"{len(todo)} row(s) to run, {len(stored)} stored", flush=True)
+    if not todo:
+        return 0
     with tempfile.TemporaryDirectory() as scratch:
-        windows_file = Path(scratch) / "windows.pt"
-        torch.save(token_windows, windows_file)
-        for setting, algorithm, x_mode in todo:
-            row = run_child(model.name, setting, algorithm, x_mode, windows_file, args.threads)
+        windows_file = prepare(table, Path(scratch), progress=False)
+        for spec in todo:
+            row = run_child(table, spec, windows_file, args.threads)
             print(json.dumps(row, ensure_ascii=False), flush=True)
-            store_row(model, row, windows)
+            store_row(table, row)
     return 0
 
 

@@ -23,6 +23,8 @@ DEFAULT_CALIB_WINDOWS = 32
 DEFAULT_EVAL_WINDOWS = 40
 #: The adapter's default recipe: Qronos, 4-bit asymmetric per-channel.
 DEFAULT_RECIPE = Recipe()
+#: Default meaning of X for the solvers that use it.
+DEFAULT_X_MODE = "float"
 #: Names of the built-in evaluation texts (``data.EVALUATION_TEXTS``; listed here so that help needs no torch).
 EVALUATION_TEXT_NAMES = ("wiki", "news")
 MODEL_HELP = "'smollm2' (packaged SmolLM2-135M-Instruct), 'gemma3-270m' (packaged Gemma-3-270M) or a Hugging Face folder"
@@ -54,7 +56,7 @@ def register(subparsers) -> None:
                                "for `qronos quantize`")
     settings = Settings(quantize, DEFAULT_RECIPE)
     lm_group = quantize.add_argument_group("language-model pipeline")
-    settings.add("--x-mode", dest="x_mode", default="float", type=parse_choice(X_MODES), group=lm_group,
+    settings.add("--x-mode", dest="x_mode", default=DEFAULT_X_MODE, type=parse_choice(X_MODES), group=lm_group,
                  metavar="{" + ",".join(X_MODES) + "}",
                  help="X = the true float model ('float') or the float block on quantized inputs ('block')")
     settings.add_switch("--hadamard", "hadamard", False, "randomized Hadamard rotation first (QuaRot-style)",

@@ -37,6 +37,7 @@ __all__ = [
     "discover_groups",
     "solve_layer",
     "quantize_layers_in_block",
+    "hidden_of",
     "float_copy",
     "quantize_module",
 ]
@@ -215,11 +216,12 @@ def quantize_layers_in_block(
     product_dtype: str | None = None,
     errors: bool = True,
     keep_float_outputs: bool = False,
+    advance: bool = False,
     on_layer=None,
     timer: PhaseTimer | None = None,
 ):
     """Quantize the supported layers of ``quant_block`` in place, group after group; returns
-    ``({name: (result, report)}, float outputs)``.
+    ``({name: (result, report)}, float outputs, quantized outputs)``.
 
     ``float_runs[i]()`` / ``quant_runs[i]()`` forward calibration batch i through ``float_block`` /
     ``quant_block``. X (needed for G and for the errors only) comes from one float forward per batch that
@@ -228,6 +230,10 @@ def quantize_layers_in_block(
     is returned. X̃ comes from the quantized block, once per group after the earlier groups are quantized,
     each forward stopped as soon as the group's inputs are captured. Where X̃ equals X bitwise (the first
     group when X is the float block on the quantized stream), the statistics take one product for both.
+    With ``advance`` the quantized block's outputs (the quantized stream's next state) are returned too:
+    when the last group is one Linear whose output is added to the block's output (a residual block;
+    checked on batch 0 against a full forward), from the last group's forward, which then runs to the
+    end, plus ``X̃ (Q − W)ᵀ``; otherwise from one more forward per batch.
     Layers of a group with the same input transform share one LayerStats, which keeps only the statistics
     the solver needs (plus G and H_float with ``errors``). Names are prefixed by ``prefix``;
     ``on_layer(name)`` is called after each layer; ``timer`` collects the seconds per phase.
@@ -236,7 +242,7 @@ def quantize_layers_in_block(
     if layer_names is None:
         layer_names = list(supported_layers(quant_block))
     if not layer_names:
-        return {}, None
+        return {}, None, ([hidden_of(run()) for run in quant_runs] if advance else None)
     statistics = needed_statistics(recipe, errors)
     needs_x = "G" in statistics or "H_float" in statistics
     if needs_x and (float_block is None or float_runs is None):
@@ -253,10 +259,12 @@ def quantize_layers_in_block(
             captures = [capture_inputs(float_block, all_representatives, run, stop=not keep_float_outputs)
                         for run in float_runs]
         float_inputs = [inputs for inputs, _ in captures]
-        float_outputs = [output for _, output in captures] if keep_float_outputs else None
+        float_outputs = [hidden_of(output) for _, output in captures] if keep_float_outputs else None
         del captures
-    outcome = {}
-    for group, sharing in zip(groups, sharings):
+    outcome, quant_outputs = {}, None
+    for position, (group, sharing) in enumerate(zip(groups, sharings)):
+        last = position == len(groups) - 1
+        correct = advance and last and len(group) == 1 and isinstance(quant_modules[group[0]], nn.Linear)
         stats = {}
         for members in sharing:
             label = prefix + members[0] + (f" (shared by {', '.join(members[1:])})" if len(members) > 1 else "")
@@ -265,9 +273,13 @@ def quantize_layers_in_block(
                                 statistics=statistics)
             stats.update({name: shared for name in members})
         representatives = [members[0] for members in sharing]
+        last_inputs, last_outputs = [], []
         for batch, quant_run in enumerate(quant_runs):
             with timer.phase("quantized_forward"):
-                X_tilde, _ = capture_inputs(quant_block, representatives, quant_run)
+                X_tilde, output = capture_inputs(quant_block, representatives, quant_run, stop=not correct)
+            if correct:
+                last_inputs.append(X_tilde[representatives[0]])
+                last_outputs.append(hidden_of(output))
             with timer.phase("statistics"):
                 for name in representatives:
                     X = None if float_inputs is None else float_inputs[batch].pop(name)
@@ -277,11 +289,42 @@ def quantize_layers_in_block(
             for name in group:
                 layer = quant_modules[name]
                 result, report = solve_layer(layer, stats[name], recipe, name=prefix + name, errors=errors)
+                change = (result.weight.to(layer.weight.dtype) - layer_weight_matrix(layer)).T if correct else None
                 set_layer_weight(layer, result.weight)
                 outcome[prefix + name] = (result, report)
                 if on_layer is not None:
                     on_layer(prefix + name)
-    return outcome, float_outputs
+        if correct:
+            with timer.phase("quantized_forward"):
+                quant_outputs = _corrected_outputs(quant_runs, last_inputs, last_outputs, change)
+    if advance and quant_outputs is None:
+        with timer.phase("quantized_forward"), torch.no_grad():
+            quant_outputs = [hidden_of(run()) for run in quant_runs]
+    return outcome, float_outputs, quant_outputs
+
+
+#: The residual check of the last layer's correction: ``max|true − corrected| ≤ RESIDUAL_CHECK_RTOL · max|true|``
+#: on batch 0 (float32 rounding of the two sums is about 1e-7; a block whose last layer is not added to its
+#: output, e.g. through a norm, misses by order 1).
+RESIDUAL_CHECK_RTOL = 1e-4
+
+
+def hidden_of(output) -> torch.Tensor:
+    """A block's output hidden states (blocks return them alone or first in a tuple)."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _corrected_outputs(quant_runs, inputs, outputs, change):
+    """The block outputs with the last layer quantized, ``output + X̃ (Q − W)ᵀ``, if batch 0 confirms that
+    the block adds that layer's output to its own; else None."""
+    with torch.no_grad():
+        corrected = [output + (x @ change).reshape(output.shape) for x, output in zip(inputs, outputs)]
+        true = hidden_of(quant_runs[0]())
+    scale = float(true.abs().max())
+    if float((true - corrected[0]).abs().max()) > RESIDUAL_CHECK_RTOL * max(scale, 1e-30):
+        return None
+    corrected[0] = true
+    return corrected
 
 
 def _forward_call(module: nn.Module, batch):
@@ -317,7 +360,7 @@ def quantize_module(model: nn.Module, calibration, recipe: Recipe, *, stats_dtyp
     if recipe.act_bits is not None:
         for layer in layers.values():
             layer.register_forward_pre_hook(InputTransform(None, recipe.act_bits))
-    outcome, _ = quantize_layers_in_block(
+    outcome, _, _ = quantize_layers_in_block(
         float_model, model,
         [_forward_call(float_model, batch) for batch in calibration],
         [_forward_call(model, batch) for batch in calibration],

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -36,6 +37,7 @@ __all__ = [
     "capture_block_inputs",
     "quantize_causal_lm",
     "evaluate",
+    "reference_log_probs",
     "perplexity",
 ]
 
@@ -114,22 +116,11 @@ def _block_call(block: nn.Module, hidden: torch.Tensor, context: tuple):
     return lambda: block(hidden, *args, **kwargs)
 
 
-def _hidden_of(output) -> torch.Tensor:
-    """A block's output hidden states (blocks return them alone or first in a tuple)."""
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
 def _checked(states: list, label: str, block_name: str) -> list:
     for state in states:
         if not torch.isfinite(state).all():
             raise ValueError(f"non-finite hidden states in the {label} stream after block {block_name!r}")
     return states
-
-
-def _advance(block: nn.Module, stream: list, contexts: list, label: str, block_name: str) -> list:
-    with torch.no_grad():
-        advanced = [_hidden_of(_block_call(block, hidden, context)()) for hidden, context in zip(stream, contexts)]
-    return _checked(advanced, label, block_name)
 
 
 def quantize_causal_lm(
@@ -229,21 +220,21 @@ def _two_stream_pipeline(model, block_list, blocks_name: str, calibration, recip
         prefix = f"{blocks_name}.{index}."
         float_block = float_copy(block) if needs_x else None
         source = float_stream if x_mode == "float" else quant_stream
-        solved, float_outputs = quantize_layers_in_block(
+        solved, float_outputs, quant_outputs = quantize_layers_in_block(
             float_block, block,
             [_block_call(float_block, *run) for run in zip(source, contexts[index])] if needs_x else None,
             [_block_call(block, *run) for run in zip(quant_stream, contexts[index])],
             recipe, prefix=prefix, stats_dtype=stats_dtype, product_dtype=product_dtype, errors=errors,
-            keep_float_outputs=needs_x and x_mode == "float", on_layer=lambda name: bar.update(1), timer=timer,
+            keep_float_outputs=needs_x and x_mode == "float", advance=True, on_layer=lambda name: bar.update(1),
+            timer=timer,
         )
         outcome.update(solved)
         if float_outputs is not None:
-            float_stream = _checked([_hidden_of(output) for output in float_outputs], "float", prefix[:-1])
-        with timer.phase("quantized_forward"):
-            quant_stream = _advance(block, quant_stream, contexts[index], "quantized", prefix[:-1])
+            float_stream = _checked(float_outputs, "float", prefix[:-1])
+        quant_stream = _checked(quant_outputs, "quantized", prefix[:-1])
         if needs_x and x_mode == "block":
             float_stream = quant_stream
-        del float_block, float_outputs
+        del float_block, float_outputs, quant_outputs
         contexts[index] = None
         if on_block is not None:
             on_block(index, float_stream, quant_stream)
@@ -259,14 +250,16 @@ def _add_act_quantizer(layer: nn.Module, act_bits: int) -> None:
     layer.register_forward_pre_hook(InputTransform(None, act_bits))
 
 
-def evaluate(model: nn.Module, windows: torch.Tensor, *, reference: nn.Module | None = None, batch_size: int = 1,
-             progress: bool = True) -> dict:
+def evaluate(model: nn.Module, windows: torch.Tensor, *, reference: nn.Module | None = None,
+             reference_log_probs=None, batch_size: int = 1, progress: bool = True) -> dict:
     """Perplexity and KL to a reference over non-overlapping windows, in one pass.
 
     Each window of n tokens predicts its last n − 1 tokens from the logits at positions 0 … n − 2:
     ``perplexity = exp(mean −log p(token))`` and, with ``reference`` (the float model),
     ``kl = mean over the same positions of KL(p_ref ‖ p) = Σ_v p_ref(v) (log p_ref(v) − log p(v))``, the
-    metric of the YAQA paper. Returns ``{"perplexity", "kl" (None without reference), "tokens"}``.
+    metric of the YAQA paper. Instead of the model, ``reference_log_probs[i]`` may give the reference's
+    log-probabilities of window i (n − 1 × vocabulary, e.g. a float16 memory map computed once, see
+    :func:`reference_log_probs`). Returns ``{"perplexity", "kl" (None without reference), "tokens"}``.
     """
     if windows.ndim != 2 or windows.shape[0] == 0 or windows.shape[1] < 2:
         raise ValueError("evaluation needs a non-empty n_windows × seq_len tensor with seq_len >= 2")
@@ -278,17 +271,55 @@ def evaluate(model: nn.Module, windows: torch.Tensor, *, reference: nn.Module | 
     with torch.no_grad():
         for start in range(0, windows.shape[0], batch_size):
             batch = windows[start : start + batch_size]
-            log_p = torch.log_softmax(model(input_ids=batch, use_cache=False).logits[:, :-1].float(), dim=-1)
+            log_p = _log_probs(model, batch)
             targets = batch[:, 1:]
             total_nll -= float(log_p.gather(-1, targets.unsqueeze(-1)).sum())
             if reference is not None:
-                log_ref = torch.log_softmax(reference(input_ids=batch, use_cache=False).logits[:, :-1].float(), dim=-1)
+                log_ref = _log_probs(reference, batch)
+            elif reference_log_probs is not None:  # renormalised: float16 rounding leaves Σ p ≠ 1
+                log_ref = torch.log_softmax(torch.stack([
+                    torch.from_numpy(reference_log_probs[i].astype("float32"))
+                    for i in range(start, start + batch.shape[0])]), dim=-1)
+            if reference is not None or reference_log_probs is not None:
                 total_kl += float((log_ref.exp() * (log_ref - log_p)).sum())
             total_tokens += targets.numel()
             bar.update(batch.shape[0])
     bar.close()
+    has_reference = reference is not None or reference_log_probs is not None
     return {"perplexity": math.exp(total_nll / total_tokens),
-            "kl": None if reference is None else total_kl / total_tokens, "tokens": total_tokens}
+            "kl": total_kl / total_tokens if has_reference else None, "tokens": total_tokens}
+
+
+def _log_probs(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """log p(next token) at positions 0 … n − 2 of each window (batch × n − 1 × vocabulary, float32)."""
+    return torch.log_softmax(model(input_ids=batch, use_cache=False).logits[:, :-1].float(), dim=-1)
+
+
+def reference_log_probs(model: nn.Module, windows: torch.Tensor, path, *, progress: bool = True):
+    """The float model's log-probabilities of every window, stored once as a float16 ``.npy`` memory map at
+    ``path`` (windows × n − 1 × vocabulary; float16 keeps log p to about 1e-3 down to p = 1e-12, so the KL
+    is exact to about 1e-4) and returned read-only; an existing file of the right shape is reused."""
+    import numpy as np
+
+    from qronos_linalg.io import atomic_output
+
+    path = Path(path)
+    vocabulary = int(model.get_output_embeddings().weight.shape[0])
+    shape = (windows.shape[0], windows.shape[1] - 1, vocabulary)
+    if path.exists():
+        stored = np.load(path, mmap_mode="r")
+        if stored.shape == shape:
+            return stored
+    bar = progress_bar(windows.shape[0], "float log-probs", "window", enabled=progress)
+    with atomic_output(path, overwrite=True) as temporary, torch.no_grad():
+        target = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float16, shape=shape)
+        for index in range(windows.shape[0]):
+            target[index] = _log_probs(model, windows[index : index + 1])[0].to(torch.float16).numpy()
+            bar.update(1)
+        target.flush()
+        del target
+    bar.close()
+    return np.load(path, mmap_mode="r")
 
 
 def perplexity(model: nn.Module, windows: torch.Tensor, *, batch_size: int = 1, progress: bool = True) -> float:
