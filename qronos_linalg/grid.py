@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from .backend import NUMPY as NUMPY_BACKEND
 from .backend import backend_of, compute_dtype, result_dtype
 
 MIN_BITS = 2
@@ -18,6 +19,8 @@ MAX_BITS = 8
 MSE_GRID_STEPS = 100
 MSE_MAX_SHRINK = 0.8
 SEARCH_METHODS = ("minmax", "mse")
+#: Storage dtypes a grid's scales can be frozen in before rounding (what an export format stores them as).
+SCALE_DTYPES = ("float32", "float16", "bfloat16")
 
 
 def check_bits(bits) -> None:
@@ -36,6 +39,22 @@ def check_shrink(shrink) -> None:
     """ValueError unless ``shrink`` (β of scaled min-max) is a number in (0, 1]."""
     if not isinstance(shrink, (int, float)) or isinstance(shrink, bool) or not 0 < shrink <= 1:
         raise ValueError(f"shrink must be in (0, 1], got {shrink!r}")
+
+
+def check_scale_dtype(scale_dtype) -> None:
+    """ValueError unless ``scale_dtype`` is None (no freezing) or one of SCALE_DTYPES."""
+    if scale_dtype is not None and scale_dtype not in SCALE_DTYPES:
+        raise ValueError(f"scale_dtype must be None or one of {SCALE_DTYPES}, got {scale_dtype!r}")
+
+
+def round_to_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
+    """``values`` (float32/float64 NumPy) rounded to the nearest ``dtype`` number (SCALE_DTYPES), returned in
+    the input's dtype. bfloat16 is float32's top 16 bits, rounded to nearest even."""
+    if dtype != "bfloat16":
+        return values.astype(dtype).astype(values.dtype)
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16 << 16).astype(np.uint32)
+    return rounded.view(np.float32).astype(values.dtype)
 
 
 def check_search(search) -> None:
@@ -151,6 +170,19 @@ class UniformGrid:
         dtype = dtype or compute_dtype(self._scale)
         scale, zero = self.column_params(codes.shape[1], codes, dtype)
         return (xp.to_float(codes, dtype) - zero) * scale
+
+    def with_scales_in(self, dtype: str) -> "UniformGrid":
+        """The same grid with every scale rounded to the nearest ``dtype`` number (SCALE_DTYPES), so that a
+        format storing scales in ``dtype`` holds exactly this grid; fit the grid first, freeze, then round
+        the weights against the frozen grid."""
+        check_scale_dtype(dtype)
+        xp = backend_of(self._scale)
+        scale = xp.asarray(round_to_dtype(NUMPY_BACKEND.asarray(self._scale, compute_dtype(self._scale)), dtype),
+                           compute_dtype(self._scale), like=self._scale)
+        if not bool((scale > 0).all()) or not xp.all_finite(scale):
+            raise ValueError(f"a grid scale is outside the {dtype} range (smallest scale {float(self._scale.min()):.3g}, "
+                             f"largest {float(self._scale.max()):.3g}); the weights cannot be stored in this format")
+        return UniformGrid(scale, self._zero, self.bits, group_size=self.group_size, narrow_range=self.narrow_range)
 
     def fake_quantize(self, W):
         """``dequantize(quantize(W))`` in W's dtype: plain round-to-nearest on the grid."""

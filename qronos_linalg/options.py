@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .activations import ACT_BITS
+from .grid import SCALE_DTYPES
 from .linalg import DAMP_MODES
 from .recipe import ALGORITHMS, Recipe
 
@@ -126,6 +127,9 @@ OPTIONS = (
     Option("shrink", "grid", "shrink", parse_float, "β of scaled min-max: the range is β·[min, max], β in (0, 1]", "β"),
     Option("mse", "grid", "search", parse_bool, "per-group search of β minimising ‖w − Q(w)‖² instead of min-max",
            off=("--no-mse", "plain min-max range"), to_field=lambda value: "mse" if value else "minmax", from_field=lambda search: search == "mse"),
+    Option("scale_dtype", "grid", "scale_dtype", lambda text: None if text.strip().lower() == "none" else
+           parse_choice(SCALE_DTYPES)(text), "freeze the grid's scales in this dtype before rounding (what an export "
+           "stores; none: the weights' dtype)", "{" + ",".join(SCALE_DTYPES) + ",none}"),
     Option("damp", "solver", "damp", parse_damp,
            "relative damping λ = damp·mean(diag H), or 'default' for the solver's own (OPTQ, GPTAQ, Qronos)", "D"),
     Option("damp_mode", "solver", "damp_mode", parse_choice(DAMP_MODES),

@@ -16,7 +16,8 @@ from typing import Callable
 
 from .activations import check_act_bits
 from .backend import backend_of, dtype_name
-from .grid import SEARCH_METHODS, UniformGrid, check_bits, check_group_size, check_search, check_shrink
+from .grid import (SEARCH_METHODS, UniformGrid, check_bits, check_group_size, check_scale_dtype, check_search,
+                   check_shrink)
 from .linalg import DAMP_MODES
 from .magr import check_magr_alpha, magr
 from .solvers import (DEFAULT_BLOCK_SIZE, DEFAULT_DAMP, DEFAULT_GPTAQ_ALPHA, QuantResult, gpfq, gptaq, optq,
@@ -29,7 +30,9 @@ STATISTICS = ("H", "G")
 @dataclass(frozen=True)
 class GridSpec:
     """How to fit the frozen grid (:meth:`UniformGrid.fit`): bits, group size (None = per channel),
-    symmetric or asymmetric, min-max range shrink β, range search ("minmax" or "mse"), narrow range."""
+    symmetric or asymmetric, min-max range shrink β, range search ("minmax" or "mse"), narrow range, and
+    ``scale_dtype``: the dtype an export stores the scales in (None: the weights' own), which the scales
+    are rounded to before any rounding of the weights, so the export holds exactly the solver's grid."""
 
     bits: int = 4
     group_size: int | None = None
@@ -37,16 +40,19 @@ class GridSpec:
     shrink: float = 1.0
     search: str = "minmax"
     narrow_range: bool = False
+    scale_dtype: str | None = None
 
     def __post_init__(self):
         check_bits(self.bits)
         check_group_size(self.group_size)
         check_shrink(self.shrink)
         check_search(self.search)
+        check_scale_dtype(self.scale_dtype)
 
     def fit(self, W) -> UniformGrid:
-        return UniformGrid.fit(W, self.bits, symmetric=self.symmetric, group_size=self.group_size,
+        grid = UniformGrid.fit(W, self.bits, symmetric=self.symmetric, group_size=self.group_size,
                                shrink=self.shrink, search=self.search, narrow_range=self.narrow_range)
+        return grid if self.scale_dtype is None else grid.with_scales_in(self.scale_dtype)
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,8 @@ recipes = st.builds(
     Recipe,
     grid=st.builds(GridSpec, bits=st.integers(2, 8), group_size=st.sampled_from([None, 16, 32, 128]),
                    symmetric=st.booleans(), shrink=st.sampled_from([1.0, 0.8, 0.5]),
-                   search=st.sampled_from(["minmax", "mse"])),
+                   search=st.sampled_from(["minmax", "mse"]),
+                   scale_dtype=st.sampled_from([None, "float32", "float16", "bfloat16"])),
     solver=st.one_of(
         st.builds(SolverSpec, algorithm=st.sampled_from(["optq", "gptaq", "qronos"]),
                   damp=st.sampled_from([None, 0.0, 0.01, 0.1]), damp_mode=st.sampled_from(["relative", "spectral"]),
@@ -160,3 +161,17 @@ def test_layer_stats_feed_solve_directly():
     stats.update(p.X, p.X_tilde)
     result, report = solve(p.W, stats, GridSpec(bits=4), SolverSpec("qronos"))
     assert report.name == "fc" and report.samples == p.X.shape[0] and 0 < report.input_gap
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_scales_frozen_in_a_storage_dtype_are_exactly_representable_and_the_solver_rounds_against_them(dtype):
+    torch = pytest.importorskip("torch")
+    p = make_problem(5, out=6, n=32, bits=4, group_size=8)
+    result, _ = solve(p.W, Statistics(p), GridSpec(bits=4, group_size=8, scale_dtype=dtype), SolverSpec("optq"))
+    stored = torch.from_numpy(result.grid.scale).to(getattr(torch, dtype)).double().numpy()
+    np.testing.assert_array_equal(stored, result.grid.scale)
+    free = UniformGrid.fit(p.W, 4, group_size=8)
+    assert np.abs(result.grid.scale / free.scale - 1).max() <= {"float32": 1e-7, "float16": 1e-3, "bfloat16": 8e-3}[dtype]
+    np.testing.assert_array_equal(result.codes, optq(p.W, p.H, result.grid, damp=DEFAULT_DAMP).codes)
+    with pytest.raises(ValueError, match="outside the float16 range"):
+        UniformGrid.fit(p.W * 1e-9, 4).with_scales_in("float16")
