@@ -18,10 +18,9 @@ from .activations import check_act_bits
 from .backend import backend_of, dtype_name
 from .grid import (SEARCH_METHODS, UniformGrid, check_bits, check_group_size, check_scale_dtype, check_search,
                    check_shrink)
-from .linalg import DAMP_MODES
 from .magr import check_magr_alpha, magr
-from .solvers import (DEFAULT_BLOCK_SIZE, DEFAULT_DAMP, DEFAULT_GPTAQ_ALPHA, QuantResult, gpfq, gptaq, optq,
-                      output_error, qronos, rtn)
+from .solvers import (DEFAULT_BLOCK_SIZE, DEFAULT_DAMP, DEFAULT_GPTAQ_ALPHA, QuantResult, check_block_size,
+                      check_damp, check_damp_mode, gpfq, gptaq, optq, output_error, qronos, rtn)
 
 #: The statistics a solver can ask for: H = X̃ᵀX̃ and G = X̃ᵀX (H_float = XᵀX only for the report).
 STATISTICS = ("H", "G")
@@ -110,16 +109,12 @@ class SolverSpec:
         if self.algorithm not in SOLVERS:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
         if self.damp is not None:
-            if isinstance(self.damp, bool) or not isinstance(self.damp, (int, float)) or not math.isfinite(self.damp) \
-                    or self.damp < 0:
-                raise ValueError(f"damp must be a finite number >= 0 (or None for the solver's default), got {self.damp!r}")
+            check_damp(self.damp)
             if not self.solver.damped:
                 raise ValueError(f"{self.algorithm} has no damping; drop damp (--damp) or choose "
                                  f"{' / '.join(name for name, s in SOLVERS.items() if s.damped)}")
-        if self.damp_mode not in DAMP_MODES:
-            raise ValueError(f"damp_mode must be one of {DAMP_MODES}, got {self.damp_mode!r}")
-        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:
-            raise ValueError(f"block_size must be a positive integer, got {self.block_size!r}")
+        check_damp_mode(self.damp_mode)
+        check_block_size(self.block_size)
         if isinstance(self.gptaq_alpha, bool) or not isinstance(self.gptaq_alpha, (int, float)) \
                 or not math.isfinite(self.gptaq_alpha):
             raise ValueError(f"gptaq_alpha must be a finite number, got {self.gptaq_alpha!r}")

@@ -52,6 +52,24 @@ SYMMETRY_RTOL = 1e-5
 SYMMETRY_CHECK_ROWS = 64
 
 
+def check_damp(damp) -> None:
+    """ValueError unless ``damp`` is a finite number >= 0."""
+    if isinstance(damp, bool) or not (isinstance(damp, (int, float)) and math.isfinite(damp) and damp >= 0):
+        raise ValueError(f"damp must be a finite number >= 0, got {damp!r}")
+
+
+def check_damp_mode(damp_mode) -> None:
+    """ValueError unless ``damp_mode`` is one of DAMP_MODES."""
+    if damp_mode not in DAMP_MODES:
+        raise ValueError(f"damp_mode must be one of {DAMP_MODES}, got {damp_mode!r}")
+
+
+def check_block_size(block_size) -> None:
+    """ValueError unless ``block_size`` is a positive integer."""
+    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
+        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+
+
 class _Problem:
     """Validated inputs in the compute dtype, permuted into processing order.
 
@@ -69,12 +87,9 @@ class _Problem:
         if not isinstance(grid, UniformGrid):
             raise TypeError(f"grid must be a UniformGrid, got {type(grid).__name__}")
         grid.check_fits(W)
-        if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
-            raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
-        if not (isinstance(damp, (int, float)) and math.isfinite(damp) and damp >= 0):
-            raise ValueError(f"damp must be a finite number >= 0, got {damp!r}")
-        if damp_mode not in DAMP_MODES:
-            raise ValueError(f"damp_mode must be one of {DAMP_MODES}, got {damp_mode!r}")
+        check_block_size(block_size)
+        check_damp(damp)
+        check_damp_mode(damp_mode)
         self.block_size = block_size
         n = W.shape[1]
         W = xp.cast(W, self.dtype)

@@ -168,7 +168,7 @@ def test_scales_frozen_in_a_storage_dtype_are_exactly_representable_and_the_solv
     torch = pytest.importorskip("torch")
     p = make_problem(5, out=6, n=32, bits=4, group_size=8)
     result, _ = solve(p.W, Statistics(p), GridSpec(bits=4, group_size=8, scale_dtype=dtype), SolverSpec("optq"))
-    stored = torch.from_numpy(result.grid.scale).to(getattr(torch, dtype)).double().numpy()
+    stored = torch.from_numpy(result.grid.scale.copy()).to(getattr(torch, dtype)).double().numpy()
     np.testing.assert_array_equal(stored, result.grid.scale)
     free = UniformGrid.fit(p.W, 4, group_size=8)
     assert np.abs(result.grid.scale / free.scale - 1).max() <= {"float32": 1e-7, "float16": 1e-3, "bfloat16": 8e-3}[dtype]
