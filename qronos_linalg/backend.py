@@ -169,6 +169,10 @@ class NumpyBackend:
         """One block of the sequential rounding loop (:mod:`qronos_linalg.kernels`): the Numba kernel."""
         kernels.round_block_numpy(*args, **kwargs)
 
+    def round_tile(self, *args):
+        """One tile of YAQA's row-coupled rounding (:mod:`qronos_linalg.kernels`): the Numba kernel."""
+        kernels.round_tile_numpy(*args)
+
 
 class TorchBackend:
     name = "torch"
@@ -295,6 +299,11 @@ class TorchBackend:
             kernels.round_block_torch_cpu(V, *args, **kwargs)
         else:
             kernels.round_block_torch(V, *args, **kwargs)
+
+    def round_tile(self, *args):
+        """One tile of YAQA's row-coupled rounding (:mod:`qronos_linalg.kernels`): the Numba kernel, on the
+        CPU for any device."""
+        kernels.round_tile_torch(*args)
 
 
 NUMPY = NumpyBackend()

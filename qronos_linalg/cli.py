@@ -59,10 +59,11 @@ class Settings:
         if recipe_defaults is not None:
             self._add_recipe(recipe_defaults)
 
-    def add(self, *flags, dest: str, default, help: str, type=None, choices=None, metavar=None, group=None) -> None:
+    def add(self, *flags, dest: str, default, help: str, type=None, choices=None, metavar=None, group=None,
+            none_text: str = "none") -> None:
         """A valued flag (``type`` parses its text, also for config-file strings)."""
         target = group or self.parser
-        shown = "none" if default is None else default
+        shown = none_text if default is None else default
         target.add_argument(*flags, dest=dest, type=_argparse_type(type) if type else None, choices=choices,
                             metavar=metavar, default=argparse.SUPPRESS, help=f"{help} (default: {shown})")
         self.defaults[dest] = default
@@ -89,7 +90,7 @@ class Settings:
                 self.add_switch(option.flag, option.key, default, option.help, off=option.off, group=group)
             else:
                 self.add(option.flag, dest=option.key, default=default, type=option.parse, help=option.help,
-                         metavar=option.metavar, group=group)
+                         metavar=option.metavar, group=group, none_text=option.none_text)
 
     def resolve(self, args) -> dict:
         """Defaults, then ``--config FILE`` (if given), then the flags given; every key is a dest."""

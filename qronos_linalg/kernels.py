@@ -152,3 +152,70 @@ def round_block_torch(V, U, scale, zero, qmin: int, qmax: int, codes, E, *, pre=
         V[:, i + 1 :] -= e[:, None] * U[i, i + 1 :][None, :]
         if P is not None:
             V[:, i + 1 :] += v[:, None] * P[i, i + 1 :][None, :]
+
+
+# --------------------------------------------------------------------------------------------
+# YAQA: one tile (rows R × columns C) of the Kronecker-factored rounding (qronos_linalg.yaqa)
+# --------------------------------------------------------------------------------------------
+#
+# Rows of a tile are coupled (through U_out) and are rounded one after the other; each row is an OPTQ
+# pass along the tile's columns (through U_in), vectorised along the columns. For rows r = 0..R−1:
+#
+#     a        = A_r − Σ_{r'<r} U_out[r', r] D_{r'}     (A: start from W and the earlier row blocks)
+#     v        = a − X_r                                (X: the row's earlier column blocks)
+#     q_i      = Q(v_i),  e_i = (v_i − q_i) / U_in[i, i],  v_{>i} ← v_{>i} − e_i U_in[i, >i]
+#     D_r      = (a − q) / U_out[r, r]
+#
+# Loops run over 1-D rows from index 0 (a loop starting at i + 1 over a 2-D index is not vectorised).
+
+
+@numba.njit(cache=True)
+def _round_tile_numba(A, X, U_out, U_in, scale, zero, qmin, qmax, codes, E, D):
+    rows, width = A.shape
+    a = np.empty(width, A.dtype)
+    v = np.empty(width, A.dtype)
+    for r in range(rows):
+        a[:] = A[r]
+        for earlier in range(r):
+            u, d = U_out[earlier, r], D[earlier]
+            for i in range(width):
+                a[i] -= u * d[i]
+        x, s, z = X[r], scale[r], zero[r]
+        for i in range(width):
+            v[i] = a[i] - x[i]
+        for i in range(width):
+            code = min(max(np.rint(v[i] / s[i]) + z[i], qmin), qmax)
+            q = (code - z[i]) * s[i]
+            e = (v[i] - q) / U_in[i, i]
+            codes[r, i] = code
+            E[r, i] = e
+            D[r, i] = (a[i] - q) / U_out[r, r]
+            tail, u_tail = v[i + 1 :], U_in[i, i + 1 :]
+            for j in range(width - i - 1):
+                tail[j] -= e * u_tail[j]
+
+
+def round_tile_numpy(A, X, U_out, U_in, scale, zero, qmin: int, qmax: int, codes, E, D):
+    """Round one YAQA tile of NumPy arrays with the Numba kernel (see the comment above).
+
+    Writes the codes, E (the row passes' scaled errors) and D (the rows' scaled errors) into ``codes``,
+    ``E``, ``D`` (rows × width, may be views); A is scratch. Views are copied in and out contiguously, as in
+    :func:`round_block_numpy`.
+    """
+    dtype = A.dtype
+    outputs = [np.empty(codes.shape, codes.dtype), np.empty(E.shape, dtype), np.empty(D.shape, dtype)]
+    _round_tile_numba(*(np.ascontiguousarray(a) for a in (A, X, U_out, U_in, scale, zero)),
+                      dtype.type(qmin), dtype.type(qmax), *outputs)
+    codes[...], E[...], D[...] = outputs
+
+
+def round_tile_torch(A, X, U_out, U_in, scale, zero, qmin: int, qmax: int, codes, E, D):
+    """The YAQA tile kernel on torch tensors: CPU tensors through zero-copy NumPy views; on other devices the
+    tile is copied to the CPU and its outputs back (a tile's rows are sequential, so a device loop would
+    launch operations per entry)."""
+    outputs = [t.cpu() for t in (codes, E, D)]  # the tensors themselves on the CPU
+    round_tile_numpy(*(t.cpu().numpy() for t in (A, X, U_out, U_in, scale, zero)), qmin, qmax,
+                     *(t.numpy() for t in outputs))
+    for target, result in zip((codes, E, D), outputs):
+        if result is not target:
+            target.copy_(result)

@@ -108,3 +108,49 @@ def gpfq_naive(W, X, X_tilde, grid: UniformGrid, order=None):
         codes[:, t], q = cols.round(value, t)
         u = with_float - np.outer(Xt, q)
     return cols.codes_in_original_order(codes)
+
+
+def yaqa_naive(W, H_in, H_out, grid: UniformGrid, *, damp, order=None):
+    """YAQA by definition: OPTQ on vec(W) (row-major: entry (r, c) at r·in + c) with the whole damped
+    Kronecker Hessian ``K = (H_out + λ_out I) ⊗ (H_in + λ_in I)``, ``λ = damp · mean(diag)`` of each factor.
+
+    From the statistics, not data (H_out is an output-side factor). ``order``: a permutation of the out·in
+    flat indices (default row-major). For each entry t in order, ``q_t = Q(v_t)``, then the later entries L
+    are re-fit with the done ones D fixed, ``argmin_{v_L} (w − v)ᵀ K (w − v)``:
+    ``v_L = w_L + K_LL⁻¹ K_LD (w_D − q_D)``. A dead column (``H_in[c, c] = 0``) or dead row
+    (``H_out[r, r] = 0``) is decoupled (its row and column of the factor become e, undamped); dead columns
+    start at 0, so they round to Q(0); dead rows are rounded like live ones (by OPTQ on H_in alone).
+    """
+    W = np.asarray(W, dtype=np.float64)
+    grid.check_fits(W)
+    out, n = W.shape
+    order = np.arange(out * n) if order is None else np.asarray(order)
+    if sorted(order.tolist()) != list(range(out * n)):
+        raise ValueError("order must be a permutation of range(out_features · in_features)")
+    (H_in, dead_columns), (H_out, _) = (_decoupled_and_damped(H, damp) for H in (H_in, H_out))
+    K = np.kron(H_out, H_in)
+    w = W.copy()
+    w[:, dead_columns] = 0
+    w = w.reshape(-1)
+    scale, zero = (params.reshape(-1) for params in grid.column_params(n, W, "float64"))
+    v, q = w.copy(), np.zeros_like(w)
+    codes = np.zeros(out * n)
+    for k, t in enumerate(order):
+        codes[t] = quantize_to_codes(v[t], scale[t], zero[t], grid.qmin, grid.qmax, NUMPY)
+        q[t] = (codes[t] - zero[t]) * scale[t]
+        done, later = order[: k + 1], order[k + 1 :]
+        if later.size:
+            v[later] = w[later] + np.linalg.solve(K[np.ix_(later, later)], K[np.ix_(later, done)] @ (w[done] - q[done]))
+    return codes.reshape(out, n).astype(np.uint8)
+
+
+def _decoupled_and_damped(H, damp):
+    """(H with each dead index t (H_tt = 0) decoupled to e_t and ``damp · mean(diag H)`` added to the live
+    diagonal, the dead mask)."""
+    H = np.array(H, dtype=np.float64)
+    dead = np.diag(H) == 0
+    lam = damp * np.mean(np.diag(H))
+    H[dead, :] = 0
+    H[:, dead] = 0
+    H[np.diag_indices_from(H)] += np.where(dead, 1.0, lam)
+    return H, dead

@@ -79,6 +79,11 @@ def parse_bool(text: str) -> bool:
     raise ValueError("must be true or false")
 
 
+def parse_switch(text: str) -> bool | None:
+    """true/false, or one of DEFAULT_WORDS for the solver's default (None)."""
+    return None if text.strip().lower() in DEFAULT_WORDS else parse_bool(text)
+
+
 def parse_choice(choices: tuple) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in choices:
@@ -101,6 +106,7 @@ class Option:
     help: str
     metavar: str | None = None
     off: tuple[str, str] | None = None  # a switch's (flag, help) that sets it False
+    none_text: str = "none"  # how a None default reads in --help
     to_field: Callable[[object], object] = lambda value: value
     from_field: Callable[[object], object] = lambda value: value
 
@@ -110,7 +116,7 @@ class Option:
 
     @property
     def is_switch(self) -> bool:
-        return self.parse is parse_bool
+        return self.parse in (parse_bool, parse_switch)
 
     def value_from(self, recipe: Recipe):
         holder = recipe if self.part == "recipe" else getattr(recipe, self.part)
@@ -131,12 +137,15 @@ OPTIONS = (
            parse_choice(SCALE_DTYPES)(text), "freeze the grid's scales in this dtype before rounding (what an export "
            "stores; none: the weights' dtype)", "{" + ",".join(SCALE_DTYPES) + ",none}"),
     Option("damp", "solver", "damp", parse_damp,
-           "relative damping λ = damp·mean(diag H), or 'default' for the solver's own (OPTQ, GPTAQ, Qronos)", "D"),
-    Option("damp_mode", "solver", "damp_mode", parse_choice(DAMP_MODES),
-           "what damp multiplies: 'relative' = mean(diag H) (GPTQ), 'spectral' = σ_max(H) (Brevitas' Qronos)",
-           "{" + ",".join(DAMP_MODES) + "}"),
+           "damping coefficient (see --damp-mode), or 'default' for the solver's own (OPTQ, GPTAQ, Qronos)", "D",
+           none_text="the solver's"),
+    Option("damp_mode", "solver", "damp_mode",
+           lambda text: None if text.strip().lower() in DEFAULT_WORDS else parse_choice(DAMP_MODES)(text),
+           "what damp multiplies: 'relative' = mean(diag H) (GPTQ), 'spectral' = σ_max(H) (Brevitas' Qronos); "
+           "'default': the solver's", "{" + ",".join(DAMP_MODES) + ",default}", none_text="the solver's"),
     Option("block_size", "solver", "block_size", parse_int, "columns per block of the blocked solvers", "B"),
-    Option("act_order", "solver", "act_order", parse_bool, "process columns by decreasing diag(H) (act-order)",
+    Option("act_order", "solver", "act_order", parse_switch,
+           "process columns by decreasing diag(H) (act-order; default: the solver's, docs/cli.md)",
            off=("--no-act-order", "process columns in their natural order")),
     Option("gptaq_alpha", "solver", "gptaq_alpha", parse_float, "GPTAQ's α (weight of the asymmetric term)", "α"),
     Option("magr", "solver", "magr_alpha", parse_optional_float,

@@ -9,6 +9,7 @@ validated here, once, when a spec is built — before any calibration runs.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -56,13 +57,20 @@ class GridSpec:
 
 @dataclass(frozen=True)
 class Solver:
-    """A registered rounding algorithm: ``run(W, H, G, grid, spec)`` and the statistics it needs."""
+    """A registered rounding algorithm: ``run(W, H, G, grid, spec)``, the statistics it needs, and its
+    defaults (damping coefficient and mode — None where it has no damping — and act-order)."""
 
     name: str
     statistics: tuple[str, ...]
-    damped: bool
+    default_damp: float | None
     run: Callable[..., QuantResult] = field(repr=False)
     summary: str = ""
+    default_damp_mode: str = "relative"
+    default_act_order: bool = False
+
+    @property
+    def damped(self) -> bool:
+        return self.default_damp is not None
 
     @property
     def uses_float_inputs(self) -> bool:
@@ -71,20 +79,22 @@ class Solver:
 
 
 def _optq_family(spec) -> dict:
-    return {"damp": spec.damping, "damp_mode": spec.damp_mode, "block_size": spec.block_size,
-            "act_order": spec.act_order}
+    return {"damp": spec.damping, "damp_mode": spec.damping_mode, "block_size": spec.block_size,
+            "act_order": spec.act_ordered}
 
 
 SOLVERS = {solver.name: solver for solver in (
-    Solver("rtn", (), False, lambda W, H, G, grid, spec: rtn(W, grid), "round to nearest"),
-    Solver("optq", ("H",), True, lambda W, H, G, grid, spec: optq(W, H, grid, **_optq_family(spec)),
+    Solver("rtn", (), None, lambda W, H, G, grid, spec: rtn(W, grid), "round to nearest"),
+    Solver("optq", ("H",), DEFAULT_DAMP, lambda W, H, G, grid, spec: optq(W, H, grid, **_optq_family(spec)),
            "OPTQ/GPTQ: min ‖X̃(w − q)‖², error feedback through the Cholesky factor of H⁻¹"),
-    Solver("gpfq", ("H", "G"), False, lambda W, H, G, grid, spec: gpfq(W, H, G, grid, act_order=spec.act_order),
+    Solver("gpfq", ("H", "G"), None,
+           lambda W, H, G, grid, spec: gpfq(W, H, G, grid, act_order=spec.act_ordered),
            "GPFQ: greedy path following of Xw, no diffusion"),
-    Solver("gptaq", ("H", "G"), True,
+    Solver("gptaq", ("H", "G"), DEFAULT_DAMP,
            lambda W, H, G, grid, spec: gptaq(W, H, G, grid, alpha=spec.gptaq_alpha, **_optq_family(spec)),
            "GPTAQ: OPTQ plus the asymmetric term α(X − X̃)ᵀX̃"),
-    Solver("qronos", ("H", "G"), True, lambda W, H, G, grid, spec: qronos(W, H, G, grid, **_optq_family(spec)),
+    Solver("qronos", ("H", "G"), DEFAULT_DAMP,
+           lambda W, H, G, grid, spec: qronos(W, H, G, grid, **_optq_family(spec)),
            "Qronos: correct the past (X̃ vs Xw), shape the future (OPTQ on H)"),
 )}
 #: Algorithm names in registry order.
@@ -93,15 +103,16 @@ ALGORITHMS = tuple(SOLVERS)
 
 @dataclass(frozen=True)
 class SolverSpec:
-    """Which solver and its settings: the damping coefficient (None = the solver's default) and what it
-    multiplies (``damp_mode``: "relative" = mean(diag H), "spectral" = σ_max(H)), block size, act-order,
-    GPTAQ's α, and MagR's α (None = no MagR) applied to W before the grid is fitted."""
+    """Which solver and its settings: the damping coefficient and what it multiplies (``damp_mode``:
+    "relative" = mean(diag H), "spectral" = σ_max(H)), block size, act-order, GPTAQ's α, and MagR's α
+    (None = no MagR) applied to W before the grid is fitted. ``damp``, ``damp_mode`` and ``act_order``
+    left None take the solver's defaults (:data:`SOLVERS`); :meth:`resolved` fills them in."""
 
     algorithm: str = "qronos"
     damp: float | None = None
-    damp_mode: str = "relative"
+    damp_mode: str | None = None
     block_size: int = DEFAULT_BLOCK_SIZE
-    act_order: bool = False
+    act_order: bool | None = None
     gptaq_alpha: float = DEFAULT_GPTAQ_ALPHA
     magr_alpha: float | None = None
 
@@ -113,7 +124,10 @@ class SolverSpec:
             if not self.solver.damped:
                 raise ValueError(f"{self.algorithm} has no damping; drop damp (--damp) or choose "
                                  f"{' / '.join(name for name, s in SOLVERS.items() if s.damped)}")
-        check_damp_mode(self.damp_mode)
+        if self.damp_mode is not None:
+            check_damp_mode(self.damp_mode)
+        if self.act_order is not None and not isinstance(self.act_order, bool):
+            raise ValueError(f"act_order must be true, false or None (the solver's default), got {self.act_order!r}")
         check_block_size(self.block_size)
         if isinstance(self.gptaq_alpha, bool) or not isinstance(self.gptaq_alpha, (int, float)) \
                 or not math.isfinite(self.gptaq_alpha):
@@ -126,10 +140,24 @@ class SolverSpec:
 
     @property
     def damping(self) -> float | None:
-        """The relative damping the solver runs with (None where it has none)."""
+        """The damping coefficient the solver runs with (None where it has none)."""
         if not self.solver.damped:
             return None
-        return DEFAULT_DAMP if self.damp is None else self.damp
+        return self.solver.default_damp if self.damp is None else self.damp
+
+    @property
+    def damping_mode(self) -> str:
+        return self.solver.default_damp_mode if self.damp_mode is None else self.damp_mode
+
+    @property
+    def act_ordered(self) -> bool:
+        """Whether the columns are processed by decreasing diag(H)."""
+        return self.solver.default_act_order if self.act_order is None else self.act_order
+
+    def resolved(self) -> "SolverSpec":
+        """This spec with the solver's defaults filled in (what a report records)."""
+        return dataclasses.replace(self, damp=self.damping, damp_mode=self.damping_mode if self.solver.damped else None,
+                                   act_order=self.act_ordered)
 
     @property
     def statistics(self) -> tuple[str, ...]:
@@ -153,6 +181,10 @@ class Recipe:
 
     def to_dict(self) -> dict:
         return {"grid": asdict(self.grid), "solver": asdict(self.solver), "act_bits": self.act_bits}
+
+    def resolved(self) -> "Recipe":
+        """This recipe with the solver's defaults filled in."""
+        return dataclasses.replace(self, solver=self.solver.resolved())
 
     @classmethod
     def from_dict(cls, data: dict) -> "Recipe":

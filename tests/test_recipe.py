@@ -52,6 +52,7 @@ def test_solve_equals_the_solver_it_dispatches_to_and_reports_the_statistics_err
     damp = damp if SOLVERS[algorithm].damped else None
     grid_spec = GridSpec(bits=bits, group_size=group, symmetric=symmetric)
     spec = SolverSpec(algorithm, damp=damp, act_order=act_order, block_size=4)
+    assert spec.act_ordered == act_order
     stats = Statistics(p)
     result, report = solve(p.W, stats, grid_spec, spec)
     grid = UniformGrid.fit(p.W, bits, group_size=group, symmetric=symmetric)
@@ -106,11 +107,11 @@ recipes = st.builds(
                    scale_dtype=st.sampled_from([None, "float32", "float16", "bfloat16"])),
     solver=st.one_of(
         st.builds(SolverSpec, algorithm=st.sampled_from(["optq", "gptaq", "qronos"]),
-                  damp=st.sampled_from([None, 0.0, 0.01, 0.1]), damp_mode=st.sampled_from(["relative", "spectral"]),
-                  block_size=st.integers(1, 256),
-                  act_order=st.booleans(), gptaq_alpha=st.sampled_from([0.0, 0.25, 1.0]),
+                  damp=st.sampled_from([None, 0.0, 0.01, 0.1]),
+                  damp_mode=st.sampled_from([None, "relative", "spectral"]), block_size=st.integers(1, 256),
+                  act_order=st.sampled_from([None, False, True]), gptaq_alpha=st.sampled_from([0.0, 0.25, 1.0]),
                   magr_alpha=st.sampled_from([None, 0.001])),
-        st.builds(SolverSpec, algorithm=st.sampled_from(["rtn", "gpfq"]), act_order=st.booleans())),
+        st.builds(SolverSpec, algorithm=st.sampled_from(["rtn", "gpfq"]), act_order=st.sampled_from([None, False, True]))),
     act_bits=st.sampled_from([None, 4, 8]),
 )
 

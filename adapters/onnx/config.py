@@ -73,9 +73,10 @@ class QuantConfig:
         return dataclasses.replace(base, recipe=recipe_from_options(recipe_keys, base.recipe), **values)
 
     def to_dict(self) -> dict:
-        """Flat options (recipe keys and the fields above), as a config file would hold them."""
+        """Flat options (recipe keys, the solver's defaults filled in, and the fields above), as a config file
+        would hold them."""
         own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "recipe"}
-        return {**recipe_to_options(self.recipe), **own}
+        return {**recipe_to_options(self.recipe.resolved()), **own}
 
 
 #: Text parsers of the adapter's own keys (for config-file strings; flags arrive parsed).

@@ -183,7 +183,7 @@ def quantize_causal_lm(
         "calibration_windows": 0 if calibration is None else int(calibration.shape[0]),
         "calibration_seq_len": 0 if calibration is None else int(calibration.shape[1]),
         "calibration_forwards": bool(statistics),
-        "recipe": recipe.to_dict(),
+        "recipe": recipe.resolved().to_dict(),
         "statistics": list(statistics),
         "quantization_time_s": time.perf_counter() - start,
         "time_split_s": dict(timer.seconds),

@@ -1,0 +1,137 @@
+"""YAQA's core solver: OPTQ on the whole weight with a Kronecker-factored Hessian.
+
+Objective ``tr(ΔW H_in ΔWᵀ H_out) = vec(ΔW)ᵀ (H_out ⊗ H_in) vec(ΔW)``, ΔW = W − Q, vec row-major (entry
+(r, c) at r·in + c). H_in (in × in) is the input second moment X̃ᵀX̃ of the other solvers; H_out
+(out × out) the output-side factor (e.g. the second moment of the gradients at the layer's outputs).
+OPTQ on vec(W) in row-major order needs the upper Cholesky factor of ``(H_out ⊗ H_in)⁻¹``, which is
+``U_out ⊗ U_in``; it is an outer OPTQ over the rows with U_out whose rounding of a row is an inner OPTQ
+pass along its columns with U_in (proofs/yaqa_kronecker.md, docs/algorithms/yaqa.md).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, fields
+
+from .grid import UniformGrid
+from .linalg import DampingEscalationWarning, NotPositiveDefiniteError, damped_system
+from .solvers import (DEFAULT_BLOCK_SIZE, DEFAULT_DAMP, SYMMETRY_CHECK_ROWS, SYMMETRY_RTOL, QuantResult,
+                      _Problem)
+
+#: What each Kronecker factor is, for the errors that name a missing one.
+FACTOR_MEANINGS = {
+    "H_in": "the input second moment X̃ᵀX̃ (in_features × in_features)",
+    "H_out": "the output-side factor, e.g. the second moment of the gradients at the layer's outputs "
+             "(out_features × out_features)",
+}
+#: Why a factor that is zero everywhere leaves nothing to fit.
+ZERO_FACTOR_REASONS = {
+    "H_in": "every input column of this layer was zero in the calibration data, so there is nothing to fit "
+            "(use rtn, or check the calibration data)",
+    "H_out": "every output channel of this layer had zero gradient in the calibration data, so there is "
+             "nothing to fit (use optq with H_in alone, or check the gradient collection)",
+}
+
+
+@dataclass
+class YaqaResult(QuantResult):
+    """:class:`~qronos_linalg.QuantResult` of :func:`yaqa`: ``damp`` is H_in's damping coefficient actually
+    used, ``damp_out`` H_out's (both relative to their own factor, ``damp_mode`` for both)."""
+
+    damp_out: float | None = None
+
+
+def yaqa(W, H_in, H_out, grid: UniformGrid, *, damp: float = DEFAULT_DAMP, block_size: int = DEFAULT_BLOCK_SIZE,
+         damp_mode: str = "relative") -> YaqaResult:
+    """YAQA: minimise ``tr(ΔW H_in ΔWᵀ H_out)`` by OPTQ on vec(W), rows then columns ascending.
+
+    With ``H_λ⁻¹ = UᵀU`` for each damped factor, row r starts from
+    ``S_r = W_r − Σ_{r'<r} U_out[r', r] D_{r'}`` and is rounded by OPTQ along its columns with U_in
+    (``q = Q(v_c)``, ``e_c = (v_c − q_c)/U_in[c, c]``, ``v_{>c} ← v_{>c} − e_c U_in[c, >c]``), then
+    ``D_r = (S_r − Q_r)/U_out[r, r]``. Worked in ``block_size`` × ``block_size`` tiles. Each factor is
+    damped like :func:`~qronos_linalg.optq` (``λ = damp · mean(diag)`` of that factor, escalated on its own);
+    dead columns (``H_in[c, c] = 0``) round to Q(0), dead rows (``H_out[r, r] = 0``) are decoupled and
+    rounded by OPTQ on H_in alone. ``yaqa(W, H_in, I, grid)`` is ``optq(W, H_in, grid)``.
+    """
+    p = _Problem(W, None, None, grid, block_size=block_size, damp=damp, damp_mode=damp_mode)
+    xp = p.xp
+    out, n = p.W.shape
+    inner = _damped_factor(_factor(H_in, "H_in", n, p), "H_in", "damp", damp, xp, damp_mode)
+    outer = _damped_factor(_factor(H_out, "H_out", out, p), "H_out", "damp_out", damp, xp, damp_mode)
+    result = p.result(_round_tiles(p, inner, outer.U), "yaqa", inner)
+    return YaqaResult(**{f.name: getattr(result, f.name) for f in fields(result)}, damp_out=outer.damp)
+
+
+def _factor(M, name, size, p):
+    """One Kronecker factor validated and cast to the compute dtype: square ``size`` × ``size``, finite,
+    symmetric (as :class:`~qronos_linalg.solvers._Problem` checks H), not zero."""
+    xp = p.xp
+    if M is None:
+        raise ValueError(f"{name} is required: {FACTOR_MEANINGS[name]}, got None")
+    if not hasattr(M, "shape"):
+        raise TypeError(f"{name} must be a numpy.ndarray or torch.Tensor, got {type(M).__name__}")
+    dims = "in_features" if name == "H_in" else "out_features"
+    if len(M.shape) != 2 or tuple(M.shape) != (size, size):
+        raise ValueError(f"{name} must have shape ({dims}, {dims}) = ({size}, {size}) to match W, "
+                         f"got {tuple(M.shape)}")
+    M = xp.asarray(M, p.dtype, like=p.W)
+    if not xp.all_finite(M):
+        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+    step = max(1, size // SYMMETRY_CHECK_ROWS)
+    rows, columns = M[::step, :], M[:, ::step].T
+    asymmetry = xp.to_scalar(xp.abs(rows - columns).max())
+    magnitude = xp.to_scalar(xp.abs(rows).max())
+    if asymmetry > SYMMETRY_RTOL * magnitude:
+        raise ValueError(f"{name} must be symmetric: max|{name} − {name}ᵀ| = {asymmetry:.3g} is more than "
+                         f"{SYMMETRY_RTOL:g} × max|{name}| = {magnitude:.3g}; pass the full matrix, not one triangle")
+    if not bool((xp.diag(M) != 0).any()):
+        raise ValueError(f"{name} is zero: {ZERO_FACTOR_REASONS[name]}")
+    return M
+
+
+def _damped_factor(M, name, attribute, damp, xp, mode):
+    """:func:`~qronos_linalg.linalg.damped_system` of one factor; its escalation warning and its error name
+    the factor (and the result attribute holding its damping)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DampingEscalationWarning)
+        try:
+            system = damped_system(M, None, damp, xp, mode)
+        except NotPositiveDefiniteError as error:
+            raise NotPositiveDefiniteError(f"{name}: {error}") from None
+    for warning in caught:
+        warnings.warn(f"{name} (damping on the result as .{attribute}): {warning.message}", warning.category,
+                      stacklevel=3)
+    return system
+
+
+def _round_tiles(p, inner, U_out):
+    """Codes (uint8) of the tiled row-coupled rounding; tiles (R, C) of ``block_size`` rows and columns, in
+    row-major order.
+
+    Tile (R, C) starts from ``A = W_RC − U_out[<R, R]ᵀ D_{<R, C}`` (dead columns of W zeroed; one product per
+    row block R, over all columns) and ``X = E_{R, <C} U_in[<C, C]`` (the row passes' errors of the earlier
+    column blocks); the kernel subtracts the tile's earlier rows from A, rounds each row of ``A − X`` by
+    OPTQ along C and records E (``(v − q)/U_in[c, c]``) and D (``(A − Q)/U_out[r, r]``).
+    """
+    xp, W, B = p.xp, p.W, p.block_size
+    out, n = W.shape
+    U_in = inner.U
+    A = xp.copy(W)
+    A[:, inner.dead] = 0
+    codes = xp.zeros((out, n), "uint8", like=W)
+    E = xp.zeros((out, n), p.dtype, like=W)
+    D = xp.zeros((out, n), p.dtype, like=W)
+    for r0 in range(0, out, B):
+        r1 = min(r0 + B, out)
+        if r0 > 0:
+            A[r0:r1] -= U_out[:r0, r0:r1].T @ D[:r0]
+        scale, zero = p.group_scale[r0:r1], p.group_zero[r0:r1]
+        for c0 in range(0, n, B):
+            c1 = min(c0 + B, n)
+            cols = p.groups[c0:c1]
+            xp.round_tile(
+                A[r0:r1, c0:c1], E[r0:r1, :c0] @ U_in[:c0, c0:c1], U_out[r0:r1, r0:r1], U_in[c0:c1, c0:c1],
+                xp.take_columns(scale, cols), xp.take_columns(zero, cols), p.grid.qmin, p.grid.qmax,
+                codes[r0:r1, c0:c1], E[r0:r1, c0:c1], D[r0:r1, c0:c1],
+            )
+    return codes
