@@ -3,9 +3,10 @@
     python benchmarks/peers/gptqmodel_worker.py --windows FILE --setting {w4pc,w3g128} --algo gptq \
         --out results.jsonl --threads 1 [--static-groups] [--desc-act] [--no-gar] [--damp-percent 0.05]
 
-Runs in its own virtual environment (see benchmarks/peers/README.md): gptqmodel 7.7.0 requires
-torch>=2.14.1, so that venv holds torch 2.14.1+cu130 (the CUDA wheel, ~5 GB with its nvidia-* wheels);
-with no GPU it runs on the CPU.
+Runs in its own virtual environment (see benchmarks/peers/README.md): gptqmodel 7.7.0 declares
+torch>=2.14.1 (the CUDA 13 wheel, ~5 GB with its nvidia-* wheels; with no GPU it runs on the CPU); installed
+with ``--no-deps`` next to torch 2.13.0+cpu (and without torchao/maturin/ninja) it gives bit-identical
+results on this path.
 
 Config: ``GPTQConfig(bits, group_size=-1 (w4pc) | 128 (w3g128), sym=False)`` — asymmetric min-max
 (``Quantizer.find_params``: lo = min(min w, 0), hi = max(max w, 0), scale = (hi − lo)/(2^b − 1),
@@ -19,10 +20,13 @@ turns GAR off, because GPTQModel's static-group lookup ignores the GAR permutati
 block size 128, ``mse=0`` (plain min-max), ``offload_to_disk=False``. Calibration: the windows as
 ``{"input_ids", "attention_mask"}`` dicts, batch size 1, ``calibration_sort=None`` (file order).
 
-Two CPU-only adjustments, nothing else: GPTQModel's device thread pool asks for 2 'model_loader:cpu'
-workers but sizes the 'cpu' pool to ceil(cores/2) = 1 on this 2-core machine and refuses to start; the
-pool is rebuilt with 1 worker each. The packed ``TorchLinear`` modules are dequantized with the eager
-``PackableQuantLinear.dequantize_weight`` (no torch.compile) into plain ``nn.Linear`` for the evaluation.
+CPU-only adjustments, nothing else: GPTQModel's device thread pool asks for 2 'model_loader:cpu'
+workers but sizes the 'cpu' pool to (cores+1)//2 = 1 on this 2-core machine and refuses to start; the
+pool is rebuilt with 1 worker each. The quantized model is saved and reloaded (GPTQModel's own route; the
+in-memory model right after ``quantize()`` is off by one zero-point step, see below), the packed
+``TorchLinear`` modules (fp16 on reload, as GPTQModel requires) are dequantized with the eager
+``PackableQuantLinear.dequantize_weight`` (no torch.compile), and their weights, rebuilt in fp32 from the
+integer codes and the stored fp16 scales, are put into a fresh fp32 float model for the evaluation.
 """
 
 from __future__ import annotations
@@ -120,7 +124,13 @@ def main(argv=None):
 
     warnings.filterwarnings("ignore")
     patch_thread_pool()
+    from pathlib import Path
+
+    import gptqmodel.looper.loop_processor as loop_processor
     from gptqmodel import BACKEND, GPTQConfig, GPTQModel
+
+    # GPTQModel writes a per-run log into the relative folder ./logs; keep it out of the working directory
+    loop_processor._PROJECT_LOG_DIR = Path(args.scratch or tempfile.gettempdir()) / "gptqmodel-logs"
 
     setting = common.SETTINGS[args.setting]
     bits, group_size = setting["bits"], setting["group_size"]
