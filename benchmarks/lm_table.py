@@ -315,7 +315,8 @@ def page(table: Table, rows: list) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table", choices=list(TABLES), default="smollm2")
-    parser.add_argument("--only", action="append", metavar="ROW_ID", help="a row id to run (repeatable; see --list)")
+    parser.add_argument("--only", action="append", metavar="ROW_ID",
+                        help="a row id to run (repeatable, run in the order given; see --list)")
     parser.add_argument("--match", help="run the rows whose id contains this text")
     parser.add_argument("--list", action="store_true", help="print the row ids and whether they are stored")
     parser.add_argument("--rerun", action="store_true", help="run selected rows even if stored")
@@ -339,9 +340,12 @@ def main() -> int:
     unknown = sorted(set(args.only or []) - set(ids))
     if unknown:
         parser.error(f"unknown row ids {unknown}; see --list")
-    todo = [spec for spec in table.rows
-            if (not args.only or row_id(*spec) in args.only) and (not args.match or args.match in row_id(*spec))
-            and (args.rerun or row_id(*spec) not in stored or "error" in stored[row_id(*spec)])]
+    selected = [spec for spec in table.rows if not args.match or args.match in row_id(*spec)]
+    if args.only:  # in the order given
+        by_id = {row_id(*spec): spec for spec in selected}
+        selected = [by_id[identifier] for identifier in args.only if identifier in by_id]
+    todo = [spec for spec in selected
+            if args.rerun or row_id(*spec) not in stored or "error" in stored[row_id(*spec)]]
     print(f"{len(todo)} row(s) to run, {len(stored)} stored", flush=True)
     if not todo:
         return 0
