@@ -19,7 +19,7 @@ __all__ = ["register", "quantize_lm", "evaluate_lm", "DEFAULT_SEQ_LEN", "DEFAULT
            "DEFAULT_EVAL_WINDOWS", "DEFAULT_RECIPE"]
 
 DEFAULT_SEQ_LEN = 512
-DEFAULT_CALIB_WINDOWS = 32
+DEFAULT_CALIB_WINDOWS = 128
 DEFAULT_EVAL_WINDOWS = 40
 #: The adapter's default recipe: Qronos, 4-bit asymmetric per-channel.
 DEFAULT_RECIPE = Recipe()
