@@ -21,7 +21,7 @@ import onnxruntime as ort
 
 from qronos_linalg.adapters.onnx import minilm, quantize_onnx, save_model
 from qronos_linalg.io import write_text_atomic
-from qronos_linalg.recipe import ALGORITHMS
+from qronos_linalg.adapters.onnx.config import ALGORITHMS
 
 BITS, GROUP = 4, 32
 DEPTH_ALGORITHMS = ("rtn", "qronos")

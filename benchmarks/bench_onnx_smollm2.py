@@ -54,7 +54,7 @@ from qronos_linalg.adapters.torch.onnx_export import INPUT_NAME as INPUT  # noqa
 from qronos_linalg.adapters.torch.onnx_export import OUTPUT_NAME as OUTPUT  # noqa: E402
 from qronos_linalg.adapters.torch.onnx_export import export_causal_lm_onnx  # noqa: E402
 from qronos_linalg.io import atomic_output, write_text_atomic  # noqa: E402
-from qronos_linalg.recipe import ALGORITHMS  # noqa: E402
+from qronos_linalg.adapters.onnx.config import ALGORITHMS  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results_onnx_smollm2.md"

@@ -22,9 +22,11 @@ from .grid import (SEARCH_METHODS, UniformGrid, check_bits, check_group_size, ch
 from .magr import check_magr_alpha, magr
 from .solvers import (DEFAULT_BLOCK_SIZE, DEFAULT_DAMP, DEFAULT_GPTAQ_ALPHA, QuantResult, check_block_size,
                       check_damp, check_damp_mode, gpfq, gptaq, optq, output_error, qronos, rtn)
+from .yaqa import yaqa
 
-#: The statistics a solver can ask for: H = X̃ᵀX̃ and G = X̃ᵀX (H_float = XᵀX only for the report).
-STATISTICS = ("H", "G")
+#: The statistics a solver can ask for: H = X̃ᵀX̃ (YAQA: its input factor H_in), G = X̃ᵀX, and YAQA's output
+#: factor H_out (H_float = XᵀX only for the report).
+STATISTICS = ("H", "G", "H_out")
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,9 @@ class GridSpec:
 
 @dataclass(frozen=True)
 class Solver:
-    """A registered rounding algorithm: ``run(W, H, G, grid, spec)``, the statistics it needs, and its
-    defaults (damping coefficient and mode — None where it has no damping — and act-order)."""
+    """A registered rounding algorithm: ``run(W, S, grid, spec)`` with ``S`` the statistics it needs by name
+    (:data:`STATISTICS`), and its defaults (damping coefficient and mode — None where it has no damping —
+    and act-order)."""
 
     name: str
     statistics: tuple[str, ...]
@@ -67,6 +70,7 @@ class Solver:
     summary: str = ""
     default_damp_mode: str = "relative"
     default_act_order: bool = False
+    act_order_supported: bool = True
 
     @property
     def damped(self) -> bool:
@@ -83,22 +87,35 @@ def _optq_family(spec) -> dict:
             "act_order": spec.act_ordered}
 
 
+def _yaqa(spec) -> dict:
+    return {"damp": spec.damping, "damp_mode": spec.damping_mode, "block_size": spec.block_size}
+
+
 SOLVERS = {solver.name: solver for solver in (
-    Solver("rtn", (), None, lambda W, H, G, grid, spec: rtn(W, grid), "round to nearest"),
-    Solver("optq", ("H",), DEFAULT_DAMP, lambda W, H, G, grid, spec: optq(W, H, grid, **_optq_family(spec)),
+    Solver("rtn", (), None, lambda W, S, grid, spec: rtn(W, grid), "round to nearest"),
+    Solver("optq", ("H",), DEFAULT_DAMP, lambda W, S, grid, spec: optq(W, S["H"], grid, **_optq_family(spec)),
            "OPTQ/GPTQ: min ‖X̃(w − q)‖², error feedback through the Cholesky factor of H⁻¹"),
     Solver("gpfq", ("H", "G"), None,
-           lambda W, H, G, grid, spec: gpfq(W, H, G, grid, act_order=spec.act_ordered),
+           lambda W, S, grid, spec: gpfq(W, S["H"], S["G"], grid, act_order=spec.act_ordered),
            "GPFQ: greedy path following of Xw, no diffusion"),
     Solver("gptaq", ("H", "G"), DEFAULT_DAMP,
-           lambda W, H, G, grid, spec: gptaq(W, H, G, grid, alpha=spec.gptaq_alpha, **_optq_family(spec)),
+           lambda W, S, grid, spec: gptaq(W, S["H"], S["G"], grid, alpha=spec.gptaq_alpha, **_optq_family(spec)),
            "GPTAQ: OPTQ plus the asymmetric term α(X − X̃)ᵀX̃"),
     Solver("qronos", ("H", "G"), DEFAULT_DAMP,
-           lambda W, H, G, grid, spec: qronos(W, H, G, grid, **_optq_family(spec)),
+           lambda W, S, grid, spec: qronos(W, S["H"], S["G"], grid, **_optq_family(spec)),
            "Qronos: correct the past (X̃ vs Xw), shape the future (OPTQ on H)"),
+    Solver("yaqa", ("H", "H_out"), DEFAULT_DAMP,
+           lambda W, S, grid, spec: yaqa(W, S["H"], S["H_out"], grid, **_yaqa(spec)),
+           "YAQA: OPTQ on vec(W) with the Kronecker Hessian H_out ⊗ H_in of the network's output KL",
+           act_order_supported=False),
 )}
 #: Algorithm names in registry order.
 ALGORITHMS = tuple(SOLVERS)
+
+
+def algorithms_using(available) -> tuple[str, ...]:
+    """The algorithms whose statistics are all among ``available`` (what an adapter can collect)."""
+    return tuple(name for name, solver in SOLVERS.items() if set(solver.statistics) <= set(available))
 
 
 @dataclass(frozen=True)
@@ -128,6 +145,8 @@ class SolverSpec:
             check_damp_mode(self.damp_mode)
         if self.act_order is not None and not isinstance(self.act_order, bool):
             raise ValueError(f"act_order must be true, false or None (the solver's default), got {self.act_order!r}")
+        if self.act_order and not self.solver.act_order_supported:
+            raise ValueError(f"{self.algorithm} rounds in a fixed order and has no act-order; drop act_order (--act-order)")
         check_block_size(self.block_size)
         if isinstance(self.gptaq_alpha, bool) or not isinstance(self.gptaq_alpha, (int, float)) \
                 or not math.isfinite(self.gptaq_alpha):
@@ -195,6 +214,9 @@ class Recipe:
 class LayerReport:
     """What ``solve`` did to one layer, with ``error = ‖XWᵀ − X̃Qᵀ‖²``, ``error_rtn`` (RTN on the same grid)
     and ``reference = ‖XWᵀ‖²`` from the statistics (None when the float statistics were not collected).
+    For YAQA (``objective`` "kronecker") the errors are the two-sided ``tr(ΔW H_in ΔWᵀ H_out)`` against
+    ``tr(W H_in Wᵀ H_out)``, and ``error_one_sided`` / ``reference_one_sided`` the one-sided proxy
+    ``tr(ΔW H_in ΔWᵀ)`` against ``tr(W H_in Wᵀ)`` (RTN's in ``error_rtn_one_sided``).
     ``input_gap = ‖X̃ − X‖_F / ‖X‖_F``; ``dead_columns``: inputs that were zero on every sample (rounded to
     Q(0)); ``note``: why the layer was not solved as asked (e.g. left at RTN)."""
 
@@ -213,6 +235,10 @@ class LayerReport:
     error_rtn: float | None = None
     reference: float | None = None
     note: str | None = None
+    objective: str = "output"
+    error_one_sided: float | None = None
+    error_rtn_one_sided: float | None = None
+    reference_one_sided: float | None = None
 
     @property
     def rel_error(self) -> float | None:
@@ -223,8 +249,12 @@ class LayerReport:
         return _relative(self.error_rtn, self.reference)
 
     def to_dict(self) -> dict:
+        extra = {}
+        if self.objective == "kronecker":
+            extra = {"rel_error_one_sided": _relative(self.error_one_sided, self.reference_one_sided),
+                     "rel_error_rtn_one_sided": _relative(self.error_rtn_one_sided, self.reference_one_sided)}
         return {**asdict(self), "shape": list(self.shape), "rel_error": self.rel_error,
-                "rel_error_rtn": self.rel_error_rtn}
+                "rel_error_rtn": self.rel_error_rtn, **extra}
 
     @classmethod
     def combine(cls, reports: list["LayerReport"], name: str | None = None) -> "LayerReport":
@@ -278,31 +308,54 @@ def solve(W, stats, grid_spec: GridSpec, solver_spec: SolverSpec, *, name: str |
     solver = solver_spec.solver
     start = time.perf_counter()
     W64 = xp.cast(W, "float64")
-    H = None if not solver_spec.statistics else xp.asarray(stats.H, "float64", like=W64)
-    G = xp.asarray(stats.G, "float64", like=W64) if "G" in solver_spec.statistics else None
-    target = W64 if solver_spec.magr_alpha is None else magr(W64, H, solver_spec.magr_alpha)
+    S = {name: xp.asarray(getattr(stats, name), "float64", like=W64) for name in solver_spec.statistics}
+    target = W64 if solver_spec.magr_alpha is None else magr(W64, S["H"], solver_spec.magr_alpha)
     grid = grid_spec.fit(xp.cast(target, dtype_name(W)))
     note = None
+    H = S.get("H")
     dead = 0 if H is None else int((xp.diag(H) == 0).sum())
     if H is not None and dead == W.shape[1]:
         result, note = rtn(target, grid), "H = 0 (every calibration input of this layer was zero): left at RTN"
     else:
-        result = solver.run(target, H, G, grid, solver_spec)
+        result = solver.run(target, S, grid, solver_spec)
     elapsed = time.perf_counter() - start
     report = LayerReport(name=name or getattr(stats, "name", None), shape=tuple(W.shape), algorithm=solver.name,
                          bits=grid.bits, group_size=grid.group_size, samples=int(getattr(stats, "count", 0)),
                          damp=result.damp, damp_mode=result.damp_mode, dead_columns=dead, time_s=elapsed, note=note)
     if errors:
-        H_all = xp.asarray(stats.H, "float64", like=W64)
-        G_all = xp.asarray(stats.G, "float64", like=W64)
-        H_float = xp.asarray(stats.H_float, "float64", like=W64)
-        report.reference = max(xp.to_scalar(((W64 @ H_float) * W64).sum()), 0.0)
         rtn_weight = result.weight if result.algorithm == "rtn" else rtn(target, grid).weight
-        report.error_rtn = output_error(W64, rtn_weight, H_all, G_all, H_float)
-        report.error = output_error(W64, result.weight, H_all, G_all, H_float)
-        report.input_gap = _input_gap(H_all, G_all, H_float)
+        if "H_out" in solver.statistics:
+            _kronecker_errors(report, W64, result.weight, rtn_weight, S["H"], S["H_out"])
+        else:
+            _output_errors(report, W64, result.weight, rtn_weight, stats, xp)
     return result, report
 
 
-__all__ = ["ALGORITHMS", "SEARCH_METHODS", "SOLVERS", "STATISTICS", "GridSpec", "LayerReport", "Recipe",
+def _output_errors(report: LayerReport, W64, Q, Q_rtn, stats, xp) -> None:
+    """``‖XWᵀ − X̃Qᵀ‖²`` for Q and RTN, ``‖XWᵀ‖²`` and the input gap, from H, G and H_float."""
+    H, G, H_float = (xp.asarray(getattr(stats, name), "float64", like=W64) for name in ("H", "G", "H_float"))
+    report.reference = max(xp.to_scalar(((W64 @ H_float) * W64).sum()), 0.0)
+    report.error_rtn = output_error(W64, Q_rtn, H, G, H_float)
+    report.error = output_error(W64, Q, H, G, H_float)
+    report.input_gap = _input_gap(H, G, H_float)
+
+
+def _kronecker_errors(report: LayerReport, W64, Q, Q_rtn, H_in, H_out) -> None:
+    """YAQA's objective ``tr(ΔW H_in ΔWᵀ H_out)`` (two-sided) and ``tr(ΔW H_in ΔWᵀ)`` (one-sided) for Q and
+    RTN, with the same forms of W as references."""
+    xp = backend_of(W64)
+
+    def two_sided(D):
+        return max(xp.to_scalar(((H_out @ (D @ H_in)) * D).sum()), 0.0)
+
+    def one_sided(D):
+        return max(xp.to_scalar(((D @ H_in) * D).sum()), 0.0)
+
+    report.objective = "kronecker"
+    report.reference, report.reference_one_sided = two_sided(W64), one_sided(W64)
+    report.error, report.error_one_sided = two_sided(W64 - Q), one_sided(W64 - Q)
+    report.error_rtn, report.error_rtn_one_sided = two_sided(W64 - Q_rtn), one_sided(W64 - Q_rtn)
+
+
+__all__ = ["ALGORITHMS", "SEARCH_METHODS", "SOLVERS", "STATISTICS", "algorithms_using", "GridSpec", "LayerReport", "Recipe",
            "Solver", "SolverSpec", "solve"]

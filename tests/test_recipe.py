@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 from qronos_linalg import LayerStats, UniformGrid, gpfq, gptaq, optq, output_error, qronos, rtn
 from qronos_linalg.cli import Settings
 from qronos_linalg.options import ConfigError, recipe_from_options, recipe_to_options
-from qronos_linalg.recipe import ALGORITHMS, SOLVERS, GridSpec, LayerReport, Recipe, SolverSpec, solve
+from qronos_linalg.recipe import (ALGORITHMS, SOLVERS, GridSpec, LayerReport, Recipe, SolverSpec, algorithms_using,
+                                  solve)
+from qronos_linalg.yaqa import yaqa
 from qronos_linalg.solvers import DEFAULT_DAMP
 from solver_problems import make_problem
 
@@ -24,21 +26,28 @@ DIRECT = {
                                             block_size=spec.block_size, act_order=spec.act_order),
     "qronos": lambda W, s, grid, spec: qronos(W, s.H, s.G, grid, damp=spec.damping, block_size=spec.block_size,
                                               act_order=spec.act_order),
+    "yaqa": lambda W, s, grid, spec: yaqa(W, s.H, s.H_out, grid, damp=spec.damping, block_size=spec.block_size),
 }
 
 
 class Statistics:
-    """Statistics of a problem from solver_problems, with the attributes ``solve`` reads."""
+    """Statistics of a problem from solver_problems, with the attributes ``solve`` reads (YAQA's output factor
+    a random PSD matrix over the rows)."""
 
     def __init__(self, p, name="layer"):
         self.H, self.G, self.H_float, self.count, self.name = p.H, p.G, p.X.T @ p.X, p.X.shape[0], name
+        rows = p.W.shape[0]
+        A = np.random.default_rng(rows).standard_normal((2 * rows, rows))
+        self.H_out = A.T @ A + 0.1 * np.eye(rows)
 
 
 def test_the_registry_lists_every_algorithm_with_its_statistics():
-    assert ALGORITHMS == ("rtn", "optq", "gpfq", "gptaq", "qronos") == tuple(DIRECT)
+    assert ALGORITHMS == ("rtn", "optq", "gpfq", "gptaq", "qronos", "yaqa") == tuple(DIRECT)
     assert {name: s.statistics for name, s in SOLVERS.items()} == {
-        "rtn": (), "optq": ("H",), "gpfq": ("H", "G"), "gptaq": ("H", "G"), "qronos": ("H", "G")}
-    assert [name for name, s in SOLVERS.items() if s.damped] == ["optq", "gptaq", "qronos"]
+        "rtn": (), "optq": ("H",), "gpfq": ("H", "G"), "gptaq": ("H", "G"), "qronos": ("H", "G"),
+        "yaqa": ("H", "H_out")}
+    assert [name for name, s in SOLVERS.items() if s.damped] == ["optq", "gptaq", "qronos", "yaqa"]
+    assert algorithms_using(("H", "G")) == ALGORITHMS[:5]
     assert SolverSpec("rtn", magr_alpha=0.1).statistics == ("H",)
     assert SolverSpec("optq").damping == DEFAULT_DAMP and SolverSpec("gpfq").damping is None
 
@@ -50,6 +59,7 @@ def test_solve_equals_the_solver_it_dispatches_to_and_reports_the_statistics_err
                                                                                    symmetric, act_order, damp):
     p = make_problem(seed, out=5, n=16, bits=bits, group_size=group, noise=0.3)
     damp = damp if SOLVERS[algorithm].damped else None
+    act_order = act_order and SOLVERS[algorithm].act_order_supported
     grid_spec = GridSpec(bits=bits, group_size=group, symmetric=symmetric)
     spec = SolverSpec(algorithm, damp=damp, act_order=act_order, block_size=4)
     assert spec.act_ordered == act_order
@@ -59,10 +69,16 @@ def test_solve_equals_the_solver_it_dispatches_to_and_reports_the_statistics_err
     expected = DIRECT[algorithm](p.W, stats, grid, spec)
     np.testing.assert_array_equal(result.codes, expected.codes)
     np.testing.assert_array_equal(result.grid.scale, grid.scale)
-    reference = float(((p.W @ stats.H_float) * p.W).sum())
+    if algorithm == "yaqa":  # the Kronecker objective tr(ΔW H_in ΔWᵀ H_out)
+        objective = lambda D: float(np.trace(stats.H_out @ D @ p.H @ D.T))  # noqa: E731
+        reference, error = objective(p.W), objective(p.W - expected.weight)
+        error_rtn = objective(p.W - rtn(p.W, grid).weight)
+        assert report.objective == "kronecker" and report.to_dict()["rel_error_one_sided"] > 0
+    else:
+        reference = float(((p.W @ stats.H_float) * p.W).sum())
+        error = output_error(p.W, expected.weight, p.H, p.G, stats.H_float)
+        error_rtn = output_error(p.W, rtn(p.W, grid).weight, p.H, p.G, stats.H_float)
     assert report.reference == pytest.approx(reference, rel=1e-12)
-    error = output_error(p.W, expected.weight, p.H, p.G, stats.H_float)
-    error_rtn = output_error(p.W, rtn(p.W, grid).weight, p.H, p.G, stats.H_float)
     assert report.rel_error == pytest.approx(math.sqrt(error / reference), rel=1e-9, abs=1e-12)
     assert report.rel_error_rtn == pytest.approx(math.sqrt(error_rtn / reference), rel=1e-9, abs=1e-12)
     assert (report.algorithm, report.bits, report.group_size, report.damp) == (algorithm, bits, group, expected.damp)

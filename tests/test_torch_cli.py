@@ -127,3 +127,18 @@ def test_bad_eval_inputs_exit_2_with_one_line(tmp_path, model_folder, text_file,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and all(needle in err[0] for needle in needles), err
     assert (tmp_path / "r.json").read_text() == "keep"
+
+
+def test_quantize_lm_with_yaqa_uses_the_first_hessian_sequences_windows(tmp_path, model_folder, text_file, capsys):
+    out = tmp_path / "y"
+    assert cli.main(["quantize-lm", str(model_folder), "--algo", "yaqa", "--bits", "3", "--group-size", "16",
+                     "--text-file", str(text_file), "--seq-len", str(SEQ_LEN), "--windows", "4",
+                     "--hessian-sequences", "2", "-o", str(out), "--quiet", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    report = json.loads((out / REPORT_JSON).read_text())
+    assert summary["layers"] == 14 and report["calibration_windows"] == 2
+    assert {layer["objective"] for layer in report["layers"]} == {"kronecker"}
+    assert summary["mean_rel_error"] < summary["mean_rel_error_rtn"]
+    assert cli.main(["quantize-lm", str(model_folder), "--algo", "yaqa", "--act-order", "--text-file",
+                     str(text_file), "-o", str(tmp_path / "z"), "--quiet"]) == 2
+    assert "has no act-order" in capsys.readouterr().err

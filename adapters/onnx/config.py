@@ -11,9 +11,12 @@ import re
 
 from qronos_linalg.options import (OPTIONS_BY_KEY, ConfigError, normalize_key, parse_bool, parse_int, parse_value,
                                    recipe_from_options, recipe_to_options)
-from qronos_linalg.recipe import GridSpec, Recipe, SolverSpec
+from qronos_linalg.recipe import GridSpec, Recipe, SolverSpec, algorithms_using
 
 FORMATS = ("qdq", "matmulnbits")
+#: The algorithms this adapter can run: those needing only the input statistics H and G (not YAQA, whose
+#: output factor comes from gradients of a language model's loss: `qronos quantize-lm --algo yaqa`).
+ALGORITHMS = algorithms_using(("H", "G"))
 #: The adapter's default recipe: Qronos on a 4-bit asymmetric grid with groups of 32 (a MatMulNBits block).
 DEFAULT_RECIPE = Recipe(GridSpec(bits=4, group_size=32), SolverSpec(algorithm="qronos"))
 #: MatMulNBits ``accuracy_level`` attribute values.
@@ -37,6 +40,9 @@ class QuantConfig:
     def __post_init__(self):
         if not isinstance(self.recipe, Recipe):
             raise ConfigError(f"recipe must be a Recipe, got {type(self.recipe).__name__}")
+        if self.recipe.solver.algorithm not in ALGORITHMS:
+            raise ConfigError(f"the ONNX adapter runs {', '.join(ALGORITHMS)}; {self.recipe.solver.algorithm} needs "
+                              "gradients of a language model's loss (qronos quantize-lm --algo yaqa)")
         if self.format not in FORMATS:
             raise ConfigError(f"format must be one of {FORMATS}, got {self.format!r}")
         if self.accuracy_level is not None and self.accuracy_level not in ACCURACY_LEVELS:

@@ -14,6 +14,8 @@ import importlib
 #: Meanings of X, the float target of the solvers that use it: the true float model, or the float block
 #: applied to the quantized stream (Brevitas' definition). See :func:`quantize_causal_lm`.
 X_MODES = ("float", "block")
+#: YAQA's default number of gradient windows for its Kronecker factors (:mod:`.hessians`).
+DEFAULT_HESSIAN_SEQUENCES = 64
 
 #: Public name → submodule that defines it.
 _EXPORTS = {
@@ -31,7 +33,7 @@ _EXPORTS = {
     "save_quantized": "save",
     "load_quantized": "save",
 }
-__all__ = ["X_MODES", *_EXPORTS]
+__all__ = ["X_MODES", "DEFAULT_HESSIAN_SEQUENCES", *_EXPORTS]
 
 
 def __getattr__(name):

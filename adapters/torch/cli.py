@@ -13,7 +13,7 @@ from qronos_linalg.io import check_output, status, write_json_atomic
 from qronos_linalg.options import parse_choice, parse_int, parse_optional_float
 from qronos_linalg.recipe import Recipe
 
-from . import X_MODES
+from . import DEFAULT_HESSIAN_SEQUENCES, X_MODES
 
 __all__ = ["register", "quantize_lm", "evaluate_lm", "DEFAULT_SEQ_LEN", "DEFAULT_CALIB_WINDOWS",
            "DEFAULT_EVAL_WINDOWS", "DEFAULT_RECIPE"]
@@ -67,6 +67,10 @@ def register(subparsers) -> None:
                  group=lm_group, help="SmoothQuant migration strength α in [0, 1] (none: off)")
     settings.add("--blocks", dest="blocks", default=None, metavar="PATH", group=lm_group,
                  help="dotted path of the decoder-block ModuleList (none: found automatically)")
+    settings.add("--hessian-sequences", dest="hessian_sequences", default=DEFAULT_HESSIAN_SEQUENCES, type=parse_int,
+                 metavar="N", group=lm_group,
+                 help="YAQA only: the first N calibration windows give the Kronecker factors (one forward and "
+                      "backward of the float model each)")
     _add_text_options(settings, quantize, DEFAULT_CALIB_WINDOWS, "calibration")
     add_common_arguments(quantize, settings, report_help="also write the per-layer JSON report here, with each "
                          "layer's output errors against RTN: they need the float stream and G, H_float, so RTN "
@@ -148,6 +152,8 @@ def quantize_lm(args) -> int:
     recipe = args.settings.recipe(values)
     check_smoothquant_alpha(values["smoothquant"])
     _check_text_file(values)
+    if not 1 <= values["hessian_sequences"]:
+        raise ValueError(f"--hessian-sequences must be at least 1, got {values['hessian_sequences']}")
     check_model_name(args.model)
     check_output(args.output, overwrite=args.overwrite, what="output folder")
     report_path = None if args.report is None else check_output(args.report, overwrite=args.overwrite, what="report")
@@ -173,8 +179,11 @@ def quantize_lm(args) -> int:
         transforms["smoothquant"] = smooth_llama(model, calibration, values["smoothquant"])
     if values["hadamard"]:
         transforms["hadamard"] = rotate_llama(model, values["hadamard_seed"])
+    if "H_out" in recipe.solver.statistics:  # YAQA: its gradient windows
+        calibration = calibration[: values["hessian_sequences"]]
     report = quantize_causal_lm(model, calibration, recipe, blocks=values["blocks"], x_mode=values["x_mode"],
-                                errors=report_path is not None, progress=not quiet)
+                                errors=report_path is not None or "H_out" in recipe.solver.statistics,
+                                seed=values["seed"], progress=not quiet)
     report["total_time_s"] = time.perf_counter() - start
     report["peak_memory_mib"] = _peak_memory_mib()
     save_quantized(model, args.output, report, tokenizer=tokenizer, transforms=transforms,

@@ -29,10 +29,7 @@ from qronos_linalg.io import progress as progress_bar
 
 from .layerwise import supported_layers
 
-__all__ = ["KroneckerFactors", "DEFAULT_HESSIAN_SEQUENCES", "kronecker_factors"]
-
-#: Calibration windows the factors are summed over by default (each costs one forward and one backward).
-DEFAULT_HESSIAN_SEQUENCES = 64
+__all__ = ["KroneckerFactors", "kronecker_factors"]
 
 
 class KroneckerFactors:

@@ -149,7 +149,7 @@ def capture_inputs(block: nn.Module, layer_names: list[str], run, *, stop: bool 
 class PhaseTimer:
     """Seconds spent per phase of the pipeline (``with timer.phase("statistics"): ...``)."""
 
-    PHASES = ("float_forward", "quantized_forward", "statistics", "solve")
+    PHASES = ("float_forward", "quantized_forward", "statistics", "gradients", "solve")
 
     def __init__(self):
         self.seconds = dict.fromkeys(self.PHASES, 0.0)
@@ -198,7 +198,10 @@ def float_copy(block: nn.Module) -> nn.Module:
 
 
 def needed_statistics(recipe: Recipe, errors: bool) -> tuple[str, ...]:
-    """The layer statistics a run accumulates: the solver's, and G and H_float for the report's errors."""
+    """The layer statistics a run accumulates: the solver's, and G and H_float for the report's errors
+    (YAQA's Kronecker factors H, H_out serve its errors too)."""
+    if "H_out" in recipe.solver.statistics:
+        return recipe.solver.statistics
     needed = set(recipe.solver.statistics) | ({"H", "G", "H_float"} if errors else set())
     return tuple(name for name in STATISTIC_NAMES if name in needed)
 

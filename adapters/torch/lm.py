@@ -27,6 +27,7 @@ from qronos_linalg.recipe import Recipe
 
 from . import X_MODES
 from .actquant import InputTransform
+from .hessians import kronecker_factors
 from .hooks import StopForward, run_until_stopped, temporary_hooks
 from .layerwise import PhaseTimer, float_copy, needed_statistics, quantize_layers_in_block, set_layer_weight, \
     solve_layer, supported_layers
@@ -134,6 +135,7 @@ def quantize_causal_lm(
     stats_dtype: str = "float64",
     product_dtype: str | None = None,
     errors: bool = True,
+    seed: int = 0,
     progress: bool = True,
     on_block=None,
 ) -> dict:
@@ -146,7 +148,10 @@ def quantize_causal_lm(
     float stream (only where X is needed: G, or the errors) advances by one forward that also captures X
     for every layer; the quantized stream runs once per layer group, stopped at the group, and once more
     to advance. A recipe that needs no statistics (RTN) without errors runs no calibration forward at
-    all, and ``calibration`` may then be None. ``on_block(index, float_stream, quant_stream)`` sees both
+    all, and ``calibration`` may then be None. YAQA (``recipe`` needing H_out) instead takes each layer's
+    Kronecker factors from one forward and backward of the float model per calibration window, with
+    labels sampled from its own softmax (``seed``; :mod:`.hessians`), and rounds every layer with them;
+    its report's errors are YAQA's objective from the same factors. ``on_block(index, float_stream, quant_stream)`` sees both
     streams (lists of hidden-state batches; the float one None where it is not kept) after each block.
     Returns the report (``layers``: one entry per layer; ``results``: ``{name: QuantResult}``;
     ``time_split_s``: seconds per phase).
@@ -163,12 +168,19 @@ def quantize_causal_lm(
     model.eval()
     start = time.perf_counter()
     timer = PhaseTimer()
+    factors = None
+    if "H_out" in statistics:  # YAQA: the float model's gradients, before any activation quantizer exists
+        with timer.phase("gradients"):
+            factors = kronecker_factors(model, calibration, _block_layers(block_list, blocks_name), seed=seed,
+                                        progress=progress)
     if recipe.act_bits is not None:
         for block in block_list:
             for layer in supported_layers(block).values():
                 _add_act_quantizer(layer, recipe.act_bits)
     bar = progress_bar(sum(len(supported_layers(b)) for b in block_list), "quantize", "layer", enabled=progress)
-    if statistics:
+    if factors is not None:
+        outcome = _round_with_factors(block_list, blocks_name, recipe, factors, errors, timer, bar)
+    elif statistics:
         outcome = _two_stream_pipeline(model, block_list, blocks_name, calibration, recipe, x_mode=x_mode,
                                        batch_size=batch_size, stats_dtype=stats_dtype, product_dtype=product_dtype,
                                        errors=errors, timer=timer, bar=bar, on_block=on_block)
@@ -191,6 +203,25 @@ def quantize_causal_lm(
         "layers": reports,
         "results": results,
     }
+
+
+def _block_layers(block_list, blocks_name: str) -> dict:
+    """``{full name: layer}`` of every supported layer inside the blocks."""
+    return {f"{blocks_name}.{index}.{name}": layer for index, block in enumerate(block_list)
+            for name, layer in supported_layers(block).items()}
+
+
+def _round_with_factors(block_list, blocks_name: str, recipe: Recipe, factors: dict, errors: bool, timer: PhaseTimer,
+                        bar) -> dict:
+    """YAQA: every layer rounded with its Kronecker factors (from the float model; no streams needed)."""
+    outcome = {}
+    for name, layer in _block_layers(block_list, blocks_name).items():
+        with timer.phase("solve"):
+            result, report = solve_layer(layer, factors.pop(name), recipe, name=name, errors=errors)
+            set_layer_weight(layer, result.weight)
+        outcome[name] = (result, report)
+        bar.update(1)
+    return outcome
 
 
 def _round_without_calibration(block_list, blocks_name: str, recipe: Recipe, timer: PhaseTimer, bar) -> dict:
