@@ -1,12 +1,14 @@
 """Solver speed and memory, as multiples of a GEMM floor measured in the same run.
 
-For each layer size (in = out, and out = 4·in) and backend, times every solver on fixed statistics and
-divides by the time of one (out × in)·(in × in) product in the same dtype ("GEMM floor"); reports peak
-traced memory (NumPy: tracemalloc; torch CUDA: max_memory_allocated) as a multiple of
+For each layer size (in = out and out = 4·in; ``--out-multiples``) and backend, times every solver on fixed
+statistics and divides by the time of one (out × in)·(in × in) product in the same dtype ("GEMM floor"); YAQA
+also gets a synthetic output-side factor H_out (out × out, the second moment of correlated random
+"gradients"). Reports peak traced memory (NumPy: tracemalloc; torch CUDA: max_memory_allocated) as a multiple of
 (in² + out·in)·itemsize. Then the speedup of each efficient solver over its direct form from data.
 
     python benchmarks/bench_solvers.py                       # the full table (several minutes)
     python benchmarks/bench_solvers.py --sizes 512 1024 --direct-sizes 64 128 --output docs/results_solvers.md
+    python benchmarks/bench_solvers.py --sizes 1024 2048 4096 --out-multiples 1 --solvers optq yaqa --direct-sizes
 """
 
 from __future__ import annotations
@@ -23,18 +25,22 @@ import numpy as np
 from qronos_linalg import LayerStats, UniformGrid, gpfq, gptaq, optq, qronos, rtn
 from qronos_linalg.io import write_text_atomic
 from qronos_linalg.naive import gpfq_naive, optq_naive, qronos_naive
+from qronos_linalg.yaqa import yaqa
 
 BITS = 4
 GROUP_SIZE = 128
 #: Calibration samples per input feature used to build the statistics.
 SAMPLES_PER_FEATURE = 2
 SOLVERS = {
-    "rtn": lambda W, H, G, grid: rtn(W, grid),
-    "optq": lambda W, H, G, grid: optq(W, H, grid),
-    "gpfq": lambda W, H, G, grid: gpfq(W, H, G, grid),
-    "gptaq": lambda W, H, G, grid: gptaq(W, H, G, grid),
-    "qronos": lambda W, H, G, grid: qronos(W, H, G, grid),
+    "rtn": lambda W, H, G, H_out, grid: rtn(W, grid),
+    "optq": lambda W, H, G, H_out, grid: optq(W, H, grid),
+    "gpfq": lambda W, H, G, H_out, grid: gpfq(W, H, G, grid),
+    "gptaq": lambda W, H, G, H_out, grid: gptaq(W, H, G, grid),
+    "qronos": lambda W, H, G, H_out, grid: qronos(W, H, G, grid),
+    "yaqa": lambda W, H, G, H_out, grid: yaqa(W, H, H_out, grid),
 }
+#: Solvers whose time is also reported over OPTQ's.
+OVER_OPTQ = ("qronos", "yaqa")
 
 
 def layer_statistics(in_features, out_features, seed=0, dtype=np.float32):
@@ -48,6 +54,15 @@ def layer_statistics(in_features, out_features, seed=0, dtype=np.float32):
     stats.update(X, X_tilde)
     W = rng.standard_normal((out_features, in_features)).astype(dtype)
     return W, stats.H, stats.G, X, X_tilde
+
+
+def output_statistics(out_features, seed=1, dtype=np.float32):
+    """Synthetic output-side factor for YAQA: ``H_out = GᵀG`` of correlated random "gradients" G
+    (2·out samples × out)."""
+    rng = np.random.default_rng(seed)
+    grads = rng.standard_normal((SAMPLES_PER_FEATURE * out_features, out_features)).astype(dtype)
+    grads += 0.5 * np.roll(grads, 1, axis=1)
+    return grads.T @ grads
 
 
 def best_time(fn, repeats):
@@ -75,12 +90,12 @@ def synchronize(backend):
         torch.cuda.synchronize()
 
 
-def measure(backend, name, W, H, G, grid, repeats):
+def measure(backend, name, W, H, G, H_out, grid, repeats):
     """(seconds, peak bytes or None) of one solver call."""
     solve = SOLVERS[name]
 
     def run():
-        solve(W, H, G, grid)
+        solve(W, H, G, H_out, grid)
         synchronize(backend)
 
     run()  # warm-up: Numba compilation / caches, CUDA context
@@ -101,26 +116,29 @@ def measure(backend, name, W, H, G, grid, repeats):
     return seconds, peak
 
 
-def speed_table(sizes, backends, solvers, repeats, out):
+def speed_table(sizes, out_multiples, backends, solvers, repeats, out):
     out("| backend | in | out | GEMM floor [s] | " + " | ".join(f"{s} ×floor" for s in solvers)
-        + " | qronos / optq | " + " | ".join(f"{s} mem ×(in²+out·in)" for s in solvers) + " |")
-    out("|" + "---|" * (4 + 2 * len(solvers) + 1))
+        + " | " + " | ".join(f"{s} / optq" for s in OVER_OPTQ) + " | "
+        + " | ".join(f"{s} mem ×(in²+out·in)" for s in solvers) + " |")
+    out("|" + "---|" * (4 + 2 * len(solvers) + len(OVER_OPTQ)))
     for in_features in sizes:
-        for out_features in (in_features, 4 * in_features):
+        for out_features in (multiple * in_features for multiple in out_multiples):
             W, H, G, _, _ = layer_statistics(in_features, out_features)
+            H_out = output_statistics(out_features)
             for backend in backends:
-                Wb, Hb, Gb = to_backend([W, H, G], backend)
+                Wb, Hb, Gb, H_outb = to_backend([W, H, G, H_out], backend)
                 grid = UniformGrid.fit(Wb, BITS, group_size=GROUP_SIZE)
                 floor = best_time(lambda: (Wb @ Hb, synchronize(backend)), max(repeats, 3))
                 times, mems = {}, {}
                 for name in solvers:
-                    times[name], peak = measure(backend, name, Wb, Hb, Gb, grid, repeats)
+                    times[name], peak = measure(backend, name, Wb, Hb, Gb, H_outb, grid, repeats)
                     base = (in_features**2 + out_features * in_features) * W.itemsize
                     mems[name] = "—" if peak is None else f"{peak / base:.2f}"
-                ratio = times["qronos"] / times["optq"] if {"qronos", "optq"} <= set(times) else float("nan")
+                ratios = [times[s] / times["optq"] if {s, "optq"} <= set(times) else float("nan") for s in OVER_OPTQ]
                 out(f"| {backend} | {in_features} | {out_features} | {floor:.3f} | "
                     + " | ".join(f"{times[s] / floor:.2f}" for s in solvers)
-                    + f" | {ratio:.2f} | " + " | ".join(mems[s] for s in solvers) + " |")
+                    + " | " + " | ".join(f"{ratio:.2f}" for ratio in ratios) + " | "
+                    + " | ".join(mems[s] for s in solvers) + " |")
 
 
 def direct_table(sizes, out):
@@ -144,6 +162,7 @@ def direct_table(sizes, out):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048, 4096])
+    parser.add_argument("--out-multiples", type=int, nargs="+", default=[1, 4], help="out_features = k · in_features")
     parser.add_argument("--direct-sizes", type=int, nargs="*", default=[64, 128, 256, 512])
     parser.add_argument("--backends", nargs="+", default=None, help="numpy, torch-cpu, torch-cuda")
     parser.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=list(SOLVERS))
@@ -184,7 +203,7 @@ def main(argv=None):
         "`OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1`.\n")
     out("Times are best-of-repeats multiples of one (out × in)·(in × in) product in the same run and backend;"
         " memory is peak traced allocation over (in² + out·in)·4 bytes.\n")
-    speed_table(args.sizes, backends, args.solvers, args.repeats, out)
+    speed_table(args.sizes, args.out_multiples, backends, args.solvers, args.repeats, out)
     if args.direct_sizes:
         out("\n## Direct (from data) vs efficient (from statistics), float64, NumPy\n")
         direct_table(args.direct_sizes, out)

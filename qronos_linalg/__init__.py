@@ -8,6 +8,7 @@ from .grid import UniformGrid
 from .linalg import DampingEscalationWarning, NotPositiveDefiniteError
 from .solvers import QuantResult, gpfq, gptaq, optq, output_error, qronos, rtn
 from .stats import LayerStats
+from .yaqa import YaqaResult, yaqa
 
 __version__ = "0.1.0"
 
@@ -20,6 +21,8 @@ __all__ = [
     "gpfq",
     "gptaq",
     "qronos",
+    "yaqa",
+    "YaqaResult",
     "output_error",
     "NotPositiveDefiniteError",
     "DampingEscalationWarning",

@@ -158,64 +158,83 @@ def round_block_torch(V, U, scale, zero, qmin: int, qmax: int, codes, E, *, pre=
 # YAQA: one tile (rows R × columns C) of the Kronecker-factored rounding (qronos_linalg.yaqa)
 # --------------------------------------------------------------------------------------------
 #
-# Rows of a tile are coupled (through U_out) and are rounded one after the other; each row is an OPTQ
-# pass along the tile's columns (through U_in), vectorised along the columns. For rows r = 0..R−1:
+# The arrays A, codes, E, D hold the tile's row block (all columns); the tile is its columns
+# C = [c0, c0 + width) and rows R = [r0, r0 + rows) of the unit factor Ubar_out = diag(U_out)⁻¹ U_out. Rows
+# of a tile are coupled (through Ubar_out) and are rounded one after the other; each row is an OPTQ pass along
+# C (through U_in), vectorised along the columns. For rows r = 0..rows−1:
 #
-#     a        = A_r − Σ_{r'<r} U_out[r', r] D_{r'}     (A: start from W and the earlier row blocks)
-#     v        = a − X_r                                (X: the row's earlier column blocks)
-#     q_i      = Q(v_i),  e_i = (v_i − q_i) / U_in[i, i],  v_{>i} ← v_{>i} − e_i U_in[i, >i]
-#     D_r      = (a − q) / U_out[r, r]
+#     a    = A_{r,C} − Σ_{r'<r} Ubar_out[r0 + r', r0 + r] D_{r',C}  (A: W minus the earlier row blocks)
+#     v    = a − X_r                                                (X: the row's earlier column blocks)
+#     q_i  = Q(v_i),  e_i = (v_i − q_i) / U_in[i, i],  v_{>i} ← v_{>i} − e_i U_in[i, >i]      (i ∈ C)
+#     D_r  = a − q
 #
-# Loops run over 1-D rows from index 0 (a loop starting at i + 1 over a 2-D index is not vectorised).
+# The loops run over 1-D slices (a loop over a 2-D index from i + 1 is not vectorised by Numba).
 
 
 @numba.njit(cache=True)
-def _round_tile_numba(A, X, U_out, U_in, scale, zero, qmin, qmax, codes, E, D):
-    rows, width = A.shape
+def _round_tile_numba(A, X, Ubar_out, U_in, scale, zero, groups, r0, c0, qmin, qmax, codes, E, D):
+    rows, width = X.shape
+    # Contiguous copies of the tile's U_in and D (their rows are a whole row of the layer apart in memory, and
+    # rows that far apart compete for the same cache sets).
+    U_tile = np.empty((width, width), A.dtype)
+    for i in range(width):
+        U_tile[i, i:] = U_in[c0 + i, c0 + i : c0 + width]
+    D_tile = np.empty((rows, width), A.dtype)
     a = np.empty(width, A.dtype)
     v = np.empty(width, A.dtype)
     for r in range(rows):
-        a[:] = A[r]
+        a[:] = A[r, c0 : c0 + width]
         for earlier in range(r):
-            u, d = U_out[earlier, r], D[earlier]
+            u, d = Ubar_out[r0 + earlier, r0 + r], D_tile[earlier]
             for i in range(width):
                 a[i] -= u * d[i]
-        x, s, z = X[r], scale[r], zero[r]
+        x = X[r]
         for i in range(width):
             v[i] = a[i] - x[i]
+        current = v[0]
         for i in range(width):
-            code = min(max(np.rint(v[i] / s[i]) + z[i], qmin), qmax)
-            q = (code - z[i]) * s[i]
-            e = (v[i] - q) / U_in[i, i]
-            codes[r, i] = code
-            E[r, i] = e
-            D[r, i] = (a[i] - q) / U_out[r, r]
-            tail, u_tail = v[i + 1 :], U_in[i, i + 1 :]
-            for j in range(width - i - 1):
+            s, z = scale[r, groups[c0 + i]], zero[r, groups[c0 + i]]
+            code = min(max(np.rint(current / s) + z, qmin), qmax)
+            q = (code - z) * s
+            e = (current - q) / U_tile[i, i]
+            codes[r, c0 + i] = code
+            E[r, c0 + i] = e
+            D_tile[r, i] = a[i] - q
+            if i + 1 < width:  # the next value first, in a register: the rounding chain does not wait for the rest
+                current = v[i + 1] - e * U_tile[i, i + 1]
+            tail, u_tail = v[i + 2 :], U_tile[i, i + 2 :]
+            for j in range(width - i - 2):
                 tail[j] -= e * u_tail[j]
+        D[r, c0 : c0 + width] = D_tile[r]
 
 
-def round_tile_numpy(A, X, U_out, U_in, scale, zero, qmin: int, qmax: int, codes, E, D):
-    """Round one YAQA tile of NumPy arrays with the Numba kernel (see the comment above).
-
-    Writes the codes, E (the row passes' scaled errors) and D (the rows' scaled errors) into ``codes``,
-    ``E``, ``D`` (rows × width, may be views); A is scratch. Views are copied in and out contiguously, as in
-    :func:`round_block_numpy`.
-    """
+def round_tile_numpy(A, X, Ubar_out, U_in, scale, zero, groups, r0: int, c0: int, qmin: int, qmax: int, codes, E, D):
+    """Round one YAQA tile of C-contiguous NumPy arrays with the Numba kernel (see the comment above); writes
+    the tile's codes, E (the row passes' scaled errors) and D (the rows' errors)."""
     dtype = A.dtype
-    outputs = [np.empty(codes.shape, codes.dtype), np.empty(E.shape, dtype), np.empty(D.shape, dtype)]
-    _round_tile_numba(*(np.ascontiguousarray(a) for a in (A, X, U_out, U_in, scale, zero)),
-                      dtype.type(qmin), dtype.type(qmax), *outputs)
-    codes[...], E[...], D[...] = outputs
+    _round_tile_numba(A, X, Ubar_out, U_in, scale, zero, groups, r0, c0, dtype.type(qmin), dtype.type(qmax),
+                      codes, E, D)
 
 
-def round_tile_torch(A, X, U_out, U_in, scale, zero, qmin: int, qmax: int, codes, E, D):
-    """The YAQA tile kernel on torch tensors: CPU tensors through zero-copy NumPy views; on other devices the
-    tile is copied to the CPU and its outputs back (a tile's rows are sequential, so a device loop would
-    launch operations per entry)."""
-    outputs = [t.cpu() for t in (codes, E, D)]  # the tensors themselves on the CPU
-    round_tile_numpy(*(t.cpu().numpy() for t in (A, X, U_out, U_in, scale, zero)), qmin, qmax,
-                     *(t.numpy() for t in outputs))
+def round_tile_torch(A, X, Ubar_out, U_in, scale, zero, groups, r0: int, c0: int, qmin: int, qmax: int, codes, E, D):
+    """The YAQA tile kernel on torch tensors: CPU tensors through zero-copy NumPy views, others through
+    :func:`round_tile_via_cpu` (a tile's rows are sequential, so a device loop would launch operations per
+    entry)."""
+    if A.device.type != "cpu":
+        round_tile_via_cpu(A, X, Ubar_out, U_in, scale, zero, groups, r0, c0, qmin, qmax, codes, E, D)
+        return
+    round_tile_numpy(*(t.numpy() for t in (A, X, Ubar_out, U_in, scale, zero, groups)), r0, c0, qmin, qmax,
+                     *(t.numpy() for t in (codes, E, D)))
+
+
+def round_tile_via_cpu(A, X, Ubar_out, U_in, scale, zero, groups, r0: int, c0: int, qmin: int, qmax: int, codes, E,
+                       D):
+    """The YAQA tile kernel on tensors of any device: the tile's slices are copied to the CPU, rounded there
+    and its codes, E and D copied back."""
+    rows, width = X.shape
+    R, C = slice(r0, r0 + rows), slice(c0, c0 + width)
+    outputs = [t[:, C].cpu().contiguous() for t in (codes, E, D)]
+    tile = (A[:, C], X, Ubar_out[R, R], U_in[C, C], scale, zero, groups[C])
+    round_tile_numpy(*(t.cpu().contiguous().numpy() for t in tile), 0, 0, qmin, qmax, *(t.numpy() for t in outputs))
     for target, result in zip((codes, E, D), outputs):
-        if result is not target:
-            target.copy_(result)
+        target[:, C] = result.to(target.device)

@@ -45,20 +45,23 @@ def yaqa(W, H_in, H_out, grid: UniformGrid, *, damp: float = DEFAULT_DAMP, block
          damp_mode: str = "relative") -> YaqaResult:
     """YAQA: minimise ``tr(ΔW H_in ΔWᵀ H_out)`` by OPTQ on vec(W), rows then columns ascending.
 
-    With ``H_λ⁻¹ = UᵀU`` for each damped factor, row r starts from
-    ``S_r = W_r − Σ_{r'<r} U_out[r', r] D_{r'}`` and is rounded by OPTQ along its columns with U_in
-    (``q = Q(v_c)``, ``e_c = (v_c − q_c)/U_in[c, c]``, ``v_{>c} ← v_{>c} − e_c U_in[c, >c]``), then
-    ``D_r = (S_r − Q_r)/U_out[r, r]``. Worked in ``block_size`` × ``block_size`` tiles. Each factor is
-    damped like :func:`~qronos_linalg.optq` (``λ = damp · mean(diag)`` of that factor, escalated on its own);
-    dead columns (``H_in[c, c] = 0``) round to Q(0), dead rows (``H_out[r, r] = 0``) are decoupled and
-    rounded by OPTQ on H_in alone. ``yaqa(W, H_in, I, grid)`` is ``optq(W, H_in, grid)``.
+    With ``H_λ⁻¹ = UᵀU`` for each damped factor and ``Ū_out = diag(U_out)⁻¹ U_out``, row r starts from
+    ``S_r = W_r − Σ_{r'<r} Ū_out[r', r] (S_{r'} − Q_{r'})`` and is rounded by OPTQ along its columns with U_in,
+    ``q_c = Q(v_c)``, ``e_c = (v_c − q_c)/U_in[c, c]``, ``v_{>c} ← v_{>c} − e_c U_in[c, >c]`` from ``v = S_r``
+    (proofs/yaqa_kronecker.md), in tiles of ``block_size`` rows and columns. Each factor is damped like
+    :func:`~qronos_linalg.optq` (``λ = damp · mean(diag)`` of that factor, or σ_max with ``damp_mode``,
+    escalated on its own: ``result.damp`` is H_in's, ``result.damp_out`` H_out's). Dead columns
+    (``H_in[c, c] = 0``) round to Q(0); dead rows (``H_out[r, r] = 0``) are decoupled, so OPTQ on H_in alone
+    rounds them. ``yaqa(W, H_in, I, grid)`` is ``optq(W, H_in, grid)``.
     """
     p = _Problem(W, None, None, grid, block_size=block_size, damp=damp, damp_mode=damp_mode)
     xp = p.xp
     out, n = p.W.shape
     inner = _damped_factor(_factor(H_in, "H_in", n, p), "H_in", "damp", damp, xp, damp_mode)
     outer = _damped_factor(_factor(H_out, "H_out", out, p), "H_out", "damp_out", damp, xp, damp_mode)
-    result = p.result(_round_tiles(p, inner, outer.U), "yaqa", inner)
+    Ubar_out = outer.U
+    Ubar_out /= xp.diag(Ubar_out)[:, None]  # in place: the unit factor diag(U_out)⁻¹ U_out
+    result = p.result(_round_tiles(p, inner, Ubar_out), "yaqa", inner)
     return YaqaResult(**{f.name: getattr(result, f.name) for f in fields(result)}, damp_out=outer.damp)
 
 
@@ -104,34 +107,28 @@ def _damped_factor(M, name, attribute, damp, xp, mode):
     return system
 
 
-def _round_tiles(p, inner, U_out):
-    """Codes (uint8) of the tiled row-coupled rounding; tiles (R, C) of ``block_size`` rows and columns, in
-    row-major order.
+def _round_tiles(p, inner, Ubar_out):
+    """Codes (uint8) of the tiled row-coupled rounding: row blocks R of ``block_size`` rows in turn, each in
+    tiles (R, C) of ``block_size`` columns.
 
-    Tile (R, C) starts from ``A = W_RC − U_out[<R, R]ᵀ D_{<R, C}`` (dead columns of W zeroed; one product per
-    row block R, over all columns) and ``X = E_{R, <C} U_in[<C, C]`` (the row passes' errors of the earlier
-    column blocks); the kernel subtracts the tile's earlier rows from A, rounds each row of ``A − X`` by
-    OPTQ along C and records E (``(v − q)/U_in[c, c]``) and D (``(A − Q)/U_out[r, r]``).
+    With the unit factor ``Ubar_out = diag(U_out)⁻¹ U_out`` and the rows' errors ``D = S − Q``, row block R
+    starts from ``A = W_R − Ubar_out[<R, R]ᵀ D_{<R}`` (one product over all columns; dead columns zeroed); tile
+    (R, C) adds ``X = E_{R, <C} U_in[<C, C]`` (the row passes' errors of the earlier column blocks, one
+    product) and the kernel rounds it, rows in turn: it subtracts the tile's earlier rows from A, rounds
+    ``A − X`` by OPTQ along C and records E (``(v − q)/U_in[c, c]``) and D.
     """
     xp, W, B = p.xp, p.W, p.block_size
     out, n = W.shape
     U_in = inner.U
-    A = xp.copy(W)
-    A[:, inner.dead] = 0
     codes = xp.zeros((out, n), "uint8", like=W)
-    E = xp.zeros((out, n), p.dtype, like=W)
     D = xp.zeros((out, n), p.dtype, like=W)
     for r0 in range(0, out, B):
-        r1 = min(r0 + B, out)
-        if r0 > 0:
-            A[r0:r1] -= U_out[:r0, r0:r1].T @ D[:r0]
-        scale, zero = p.group_scale[r0:r1], p.group_zero[r0:r1]
+        R = slice(r0, min(r0 + B, out))
+        A = W[R] - Ubar_out[:r0, R].T @ D[:r0]
+        A[:, inner.dead] = 0
+        E = xp.zeros(A.shape, p.dtype, like=W)
         for c0 in range(0, n, B):
-            c1 = min(c0 + B, n)
-            cols = p.groups[c0:c1]
-            xp.round_tile(
-                A[r0:r1, c0:c1], E[r0:r1, :c0] @ U_in[:c0, c0:c1], U_out[r0:r1, r0:r1], U_in[c0:c1, c0:c1],
-                xp.take_columns(scale, cols), xp.take_columns(zero, cols), p.grid.qmin, p.grid.qmax,
-                codes[r0:r1, c0:c1], E[r0:r1, c0:c1], D[r0:r1, c0:c1],
-            )
+            C = slice(c0, min(c0 + B, n))
+            xp.round_tile(A, E[:, :c0] @ U_in[:c0, C], Ubar_out, U_in, p.group_scale[R], p.group_zero[R], p.groups,
+                          r0, c0, p.grid.qmin, p.grid.qmax, codes[R], E, D[R])
     return codes
