@@ -357,7 +357,7 @@ def test_quantize_lm_folder_exports_to_both_formats(tmp_path, capsys):
     text.write_text("\n\n".join(TEXT.split(". ")))
     assert cli.main(["quantize-lm", str(model_dir), "--algo", "optq", "--bits", "4", "--group-size", "32", "--sym",
                      "--scale-dtype", "float16", "--text-file", str(text), "--seq-len", "32", "--windows", "2",
-                     "-o", str(tmp_path / "q"), "--quiet"]) == 0
+                     "-o", str(tmp_path / "q"), "--format", "dense", "--quiet"]) == 0
     dense_bytes = (tmp_path / "q" / "model.safetensors").stat().st_size
     for fmt in ex.FORMATS:
         capsys.readouterr()
@@ -410,3 +410,41 @@ def test_bad_export_inputs_exit_2_with_one_line_and_write_nothing(tmp_path, fold
     assert all(needle in err[0] for needle in needles), err[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing", "plain"]
     assert list((tmp_path / "existing").iterdir()) == []
+
+
+@pytest.mark.parametrize("fmt", ["auto", "compressed-tensors", "gguf"])
+def test_quantize_lm_writes_a_deployment_format_directly_and_eval_reads_it(tmp_path, capsys, fmt):
+    """quantize-lm --format: compressed-tensors by default where the recipe fits (scales frozen in float32
+    when the recipe freezes none), GGUF on request (fp16); `qronos eval` reads either with its reader and
+    scores KL against the recorded base model."""
+    pytest.importorskip("compressed_tensors")
+    model_dir = tmp_path / "llama"
+    tiny_llama(hidden=HIDDEN, intermediate=INTERMEDIATE).save_pretrained(model_dir)
+    byte_tokenizer().save_pretrained(model_dir)
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n\n".join(TEXT.split(". ")))
+    flags = ["--text-file", str(text), "--seq-len", "32", "--windows", "2", "--quiet"]
+    assert cli.main(["quantize-lm", str(model_dir), "--algo", "optq", "--bits", "4", "--group-size", "32",
+                     *(["--sym"] if fmt == "gguf" else []), "--format", fmt, "-o", str(tmp_path / "q"), *flags]) == 0
+    record = json.loads((tmp_path / "q" / "quantization.json").read_text())
+    expected = "gguf" if fmt == "gguf" else "compressed-tensors"
+    assert record["export"]["format"] == expected
+    assert record["recipe"]["grid"]["scale_dtype"] == ("float16" if fmt == "gguf" else "float32")
+    capsys.readouterr()
+    assert cli.main(["eval", str(tmp_path / "q"), "--json", *flags]) == 0
+    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["texts"]["corpus.txt"]
+    assert scores["kl"] > 0 and scores["perplexity"] > 1
+
+
+def test_quantize_lm_falls_back_to_dense_or_refuses_a_format_the_recipe_cannot_fill(tmp_path, capsys):
+    model_dir = tmp_path / "llama"
+    tiny_llama(hidden=HIDDEN, intermediate=INTERMEDIATE).save_pretrained(model_dir)
+    byte_tokenizer().save_pretrained(model_dir)
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n\n".join(TEXT.split(". ")))
+    flags = ["--text-file", str(text), "--seq-len", "32", "--windows", "2", "--quiet", "--algo", "rtn"]
+    assert cli.main(["quantize-lm", str(model_dir), "--bits", "3", "-o", str(tmp_path / "d"), *flags]) == 0
+    assert "export" not in json.loads((tmp_path / "d" / "quantization.json").read_text())
+    assert cli.main(["quantize-lm", str(model_dir), "--bits", "3", "--format", "compressed-tensors",
+                     "-o", str(tmp_path / "c"), *flags]) == 2
+    assert "3-bit weights cannot be exported" in capsys.readouterr().err and not (tmp_path / "c").exists()

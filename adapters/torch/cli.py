@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import resource
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +26,10 @@ DEFAULT_EVAL_WINDOWS = 40
 DEFAULT_RECIPE = Recipe()
 #: Default meaning of X for the solvers that use it.
 DEFAULT_X_MODE = "float"
+#: Output formats of quantize-lm: ``auto`` = compressed-tensors where the recipe fits it, else dense.
+OUTPUT_FORMATS = ("auto", "dense", "compressed-tensors", "gguf")
+#: The dtype a format stores the grid's scales in, when the recipe freezes none (exact for fp32 models).
+FORMAT_SCALE_DTYPES = {"compressed-tensors": "float32", "gguf": "float16"}
 #: Names of the built-in evaluation texts (``data.EVALUATION_TEXTS``; listed here so that help needs no torch).
 EVALUATION_TEXT_NAMES = ("wiki", "news")
 MODEL_HELP = "'smollm2' (packaged SmolLM2-135M-Instruct), 'gemma3-270m' (packaged Gemma-3-270M) or a Hugging Face folder"
@@ -51,6 +56,12 @@ def register(subparsers) -> None:
     quantize.add_argument("model", help=MODEL_HELP)
     quantize.add_argument("-o", "--output", type=Path, required=True, help="output folder (must not exist unless "
                                                                            "--overwrite; its parent must)")
+    quantize.add_argument("--format", choices=OUTPUT_FORMATS, default="auto",
+                          help="output format: compressed-tensors pack-quantized (vLLM, transformers), GGUF (llama.cpp; "
+                               "see --gguf-type), or dense (fp32 weights + codes); auto = compressed-tensors for 4- and "
+                               "8-bit weight-only recipes whose groups fit, else dense (default: auto; docs/deploy.md)")
+    quantize.add_argument("--gguf-type", default=None, metavar="TYPE",
+                          help="GGUF block type (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0; default: the grid's natural one)")
     quantize.add_argument("--onnx", type=Path, default=None, metavar="FILE",
                           help="also export the quantized (weight-only) model to ONNX, input (1, --seq-len) → logits, "
                                "for `qronos quantize`")
@@ -144,7 +155,6 @@ def quantize_lm(args) -> int:
     from .data import check_model_name, load_float_model, load_tokenizer, model_folder, quiet_transformers
     from .lm import quantize_causal_lm
     from .rotation import rotate_llama
-    from .save import save_quantized
     from .smoothquant import check_smoothquant_alpha, smooth_llama
 
     started = time.perf_counter()
@@ -168,11 +178,15 @@ def quantize_lm(args) -> int:
     quiet = args.quiet
     if quiet:
         quiet_transformers()
+    if args.gguf_type is not None and args.format != "gguf":
+        raise ValueError("--gguf-type applies to --format gguf only")
     status(f"loading {args.model}", enabled=not quiet)
     folder = model_folder(args.model)
     tokenizer = load_tokenizer(folder)
     calibration = _windows(tokenizer, values, "calibration")
     model = load_float_model(folder)
+    output_format, recipe = _output_format(args.format, args.gguf_type, recipe, values, model, values["blocks"])
+    status(f"output format: {output_format}", enabled=not quiet)
     start = time.perf_counter()
     transforms = {}
     if values["smoothquant"] is not None:
@@ -186,8 +200,8 @@ def quantize_lm(args) -> int:
                                 seed=values["seed"], progress=not quiet)
     report["total_time_s"] = time.perf_counter() - start
     report["peak_memory_mib"] = _peak_memory_mib()
-    save_quantized(model, args.output, report, tokenizer=tokenizer, transforms=transforms,
-                   base_model=str(folder), base_model_name=args.model, overwrite=args.overwrite)
+    report["format"] = output_format
+    _write_output(output_format, args, model, report, tokenizer, transforms, folder)
     if args.onnx is not None:
         from .onnx_export import export_causal_lm_onnx
 
@@ -215,6 +229,64 @@ def quantize_lm(args) -> int:
     ]
     emit(summary, lines, args.json)
     return 0
+
+
+def _output_format(requested: str, gguf_type, recipe: Recipe, values: dict, model, blocks) -> tuple[str, Recipe]:
+    """(format, recipe): ``auto`` resolved, and the grid frozen in the format's scale dtype; ValueError (before
+    any calibration) where the recipe cannot be stored in the requested format."""
+    import dataclasses
+
+    from .export import check_grid_spec
+    from .layerwise import supported_layers
+    from .lm import resolve_block_list
+
+    if requested == "dense":
+        return "dense", recipe
+    candidates = ("compressed-tensors",) if requested == "auto" else (requested,)
+    reason = None
+    if recipe.act_bits is not None or values["hadamard"]:
+        reason = "weight-only formats cannot hold activation quantization or an online rotation"
+    _, block_list = resolve_block_list(model, blocks)
+    widths = [layer.weight[0].numel() for block in block_list for layer in supported_layers(block).values()]
+    for candidate in candidates:
+        grid = recipe.grid
+        if grid.scale_dtype is None:
+            grid = dataclasses.replace(grid, scale_dtype=FORMAT_SCALE_DTYPES[candidate])
+        try:
+            if reason is None:
+                check_grid_spec(candidate, grid, widths, gguf_type=gguf_type)
+        except ValueError as error:
+            reason = str(error)
+        if reason is None:
+            return candidate, dataclasses.replace(recipe, grid=grid)
+    if requested == "auto":
+        return "dense", recipe
+    raise ValueError(f"--format {requested}: {reason}")
+
+
+def _write_output(output_format: str, args, model, report: dict, tokenizer, transforms: dict, folder) -> None:
+    """Write the quantized model as ``output_format`` at ``args.output`` (quantization.json and the
+    per-layer report beside it in every format)."""
+    from .save import quantization_record, save_quantized
+
+    if output_format == "dense":
+        save_quantized(model, args.output, report, tokenizer=tokenizer, transforms=transforms,
+                       base_model=str(folder), base_model_name=args.model, overwrite=args.overwrite)
+        return
+    from . import export
+
+    results = report["results"]
+    record = quantization_record(report, layers=export.layer_records(results), input_transforms={},
+                                 transforms=transforms, base_model=str(folder), base_model_name=args.model)
+    summary = {key: value for key, value in report.items() if key != "results"}
+    if output_format == "compressed-tensors":
+        export.write_compressed_tensors(model, results, args.output, tokenizer=tokenizer, record=record,
+                                        report=summary, overwrite=args.overwrite)
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        template = export.packaged_template(record, Path(scratch))
+        export.write_gguf(model, results, args.output, gguf_type=args.gguf_type, template=template,
+                          tokenizer=tokenizer, record=record, report=summary, overwrite=args.overwrite)
 
 
 def _mean(values) -> float | None:

@@ -119,8 +119,11 @@ def packaged_model_folder(name: str) -> Path:
 
 
 def check_model_name(name_or_folder: str) -> None:
-    """FileNotFoundError unless ``name_or_folder`` is a packaged model name or a folder with a config.json."""
-    if name_or_folder not in PACKAGED_MODELS and not (Path(name_or_folder) / "config.json").is_file():
+    """FileNotFoundError unless ``name_or_folder`` is a packaged model name or a folder with a config.json
+    (or the model.gguf that ``quantize-lm --format gguf`` writes)."""
+    folder = Path(name_or_folder)
+    if name_or_folder not in PACKAGED_MODELS and not any((folder / name).is_file() for name in ("config.json",
+                                                                                                "model.gguf")):
         raise FileNotFoundError(
             f"{name_or_folder!r} is neither a packaged model ({', '.join(PACKAGED_MODELS)}) nor a Hugging Face "
             "model folder (no config.json)"

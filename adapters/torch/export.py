@@ -59,7 +59,7 @@ __all__ = [
     "FORMATS", "STORAGE_DTYPES", "CT_BITS", "GGUF_TYPES", "GGUF_BLOCK", "GGUF_FILE", "MODEL_FILE", "LayerCodes",
     "GGUFBlock", "check_compressed_tensors", "check_gguf", "write_compressed_tensors", "write_gguf",
     "export_folder", "read_dense_folder", "load_exported", "reader_weight_dtype", "verify_export", "export_sizes",
-    "pack_int32", "pack_gguf_blocks", "format_of", "check_grid_spec",
+    "pack_int32", "pack_gguf_blocks", "format_of", "check_grid_spec", "layer_records", "packaged_template",
 ]
 
 COMPRESSED_TENSORS = "compressed-tensors"
@@ -363,6 +363,11 @@ def _unique_state(model: nn.Module) -> dict:
         seen.add(identity)
         state[key] = tensor
     return state
+
+
+def layer_records(results: dict) -> dict:
+    """quantization.json's per-layer entries from the results alone."""
+    return _layer_record(results, None)["layers"]
 
 
 def _layer_record(results: dict, report: dict | None) -> dict:
@@ -734,6 +739,7 @@ def write_gguf(model: nn.Module, results: dict, out, *, gguf_type: str | None = 
     with atomic_output(out, overwrite=overwrite) as temporary:
         temporary.mkdir()
         _write_gguf_file(temporary / GGUF_FILE, arch, fields, tensors, file_type)
+        _save_tokenizer(tokenizer, temporary)  # also as Hugging Face files: every tokenizer loads from the folder
         _write_records(temporary, results, record, report, {
             "format": GGUF, "file": GGUF_FILE, "dtype": dtype, "template": None if template is None else str(template),
             "block_types": dict(Counter(block.name for block in blocks.values()))})
@@ -776,7 +782,7 @@ def read_dense_folder(folder) -> tuple[dict, dict | None, dict]:
     return record, report, results
 
 
-def _packaged_template(record: dict, scratch: Path) -> Path | None:
+def packaged_template(record: dict, scratch: Path) -> Path | None:
     """The original GGUF of the packaged model the folder was quantized from (None for another model)."""
     from .data import PACKAGED_MODELS, _locate_gguf
 
@@ -827,7 +833,7 @@ def export_folder(folder, format: str, out, *, gguf_type: str | None = None, dty
         write_compressed_tensors(model, results, out, **common)
     else:
         with tempfile.TemporaryDirectory(dir=out.parent, prefix=TEMPORARY_PREFIX) as scratch:
-            found = template if template is not None else _packaged_template(record, Path(scratch))
+            found = template if template is not None else packaged_template(record, Path(scratch))
             write_gguf(model, results, out, gguf_type=gguf_type, template=found, **common)
     return {"output": str(out), "format": format, "layers": len(results),
             "export": json.loads((out / QUANTIZATION_JSON).read_text())["export"], "sizes": export_sizes(out),

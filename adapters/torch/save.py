@@ -89,19 +89,8 @@ def save_quantized(model: nn.Module, out_dir, report: dict, *, tokenizer=None, t
             "input_transform": spec,
             "saved_weight": "dequantized_times_rotation_transposed" if spec["online_hadamard"] else "dequantized",
         }
-    record = {
-        "format": FORMAT,
-        "base_model": base_model,
-        "base_model_name": base_model_name,
-        "recipe": report.get("recipe"),
-        "x_mode": report.get("x_mode"),
-        "blocks": report.get("blocks"),
-        "calibration_windows": report.get("calibration_windows"),
-        "calibration_seq_len": report.get("calibration_seq_len"),
-        "transforms": transforms or {},
-        "input_transforms": specs,
-        "layers": layers,
-    }
+    record = quantization_record(report, layers=layers, input_transforms=specs, transforms=transforms,
+                                 base_model=base_model, base_model_name=base_model_name)
     with atomic_output(out_dir, overwrite=overwrite) as temporary:
         _strip_load_time_quantization(model)
         model.save_pretrained(temporary, state_dict=state)
@@ -115,6 +104,24 @@ def save_quantized(model: nn.Module, out_dir, report: dict, *, tokenizer=None, t
     return out_dir
 
 
+def quantization_record(report: dict, *, layers: dict, input_transforms: dict, transforms: dict | None = None,
+                        base_model: str | None = None, base_model_name: str | None = None) -> dict:
+    """The ``quantization.json`` record of a run (every format writes it beside its files)."""
+    return {
+        "format": FORMAT,
+        "base_model": base_model,
+        "base_model_name": base_model_name,
+        "recipe": report.get("recipe"),
+        "x_mode": report.get("x_mode"),
+        "blocks": report.get("blocks"),
+        "calibration_windows": report.get("calibration_windows"),
+        "calibration_seq_len": report.get("calibration_seq_len"),
+        "transforms": transforms or {},
+        "input_transforms": input_transforms,
+        "layers": layers,
+    }
+
+
 def _unrotate_rows(Q: torch.Tensor, rotation) -> torch.Tensor:
     """``Q Rᵀ`` (each row q ↦ q Rᵀ = (R qᵀ)ᵀ), computed with the dense R in float64."""
     return Q.to(torch.float64) @ rotation.matrix().T
@@ -122,19 +129,24 @@ def _unrotate_rows(Q: torch.Tensor, rotation) -> torch.Tensor:
 
 def load_quantized(folder, *, dtype=torch.float32):
     """Load the folder: the HF model with the input transforms of quantization.json re-installed and,
-    for layers with an online rotation, the weight set back to the exact dequantized codes. Returns
-    ``(model, record)`` (``record`` is None for a plain HF folder)."""
+    for layers with an online rotation, the weight set back to the exact dequantized codes; a
+    compressed-tensors or GGUF folder (``qronos export`` / ``quantize-lm --format``) through its reader.
+    Returns ``(model, record)`` (``record`` is None for a plain HF folder)."""
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder {folder} does not exist")
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
     record_path = folder / QUANTIZATION_JSON
-    if not record_path.exists():
+    record = json.loads(record_path.read_text()) if record_path.exists() else None
+    if record is not None and "export" in record:  # compressed-tensors or GGUF: their third-party reader
+        from .export import load_exported
+
+        return load_exported(folder, dtype=dtype)[0], record
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+    if record is None:
         return model, None
-    record = json.loads(record_path.read_text())
     if record.get("format") != FORMAT:
         raise ValueError(f"{record_path}: unknown format {record.get('format')!r} (expected {FORMAT!r})")
     tensors = load_file(str(folder / QUANTIZATION_TENSORS))
