@@ -152,3 +152,34 @@ def test_non_finite_activations_name_the_layer(calibration):
 def test_empty_calibration_is_rejected():
     with pytest.raises(ValueError, match="calibration"):
         quantize_causal_lm(tiny_llama(), torch.zeros(0, 8, dtype=torch.int64), recipe(), progress=False)
+
+
+def _count_block_forwards(model):
+    """Forward calls of each decoder block, split into the block itself (quantized stream) and copies of it
+    (the float block: a deep copy keeps the counting hook)."""
+    counts = {"quantized": 0, "float": 0}
+    blocks = list(model.model.layers)
+
+    def count(module, args):
+        counts["quantized" if any(module is block for block in blocks) else "float"] += 1
+
+    for block in blocks:
+        block.register_forward_pre_hook(count)
+    return counts
+
+
+@pytest.mark.parametrize("algorithm, x_mode, float_forwards", [("qronos", "float", 3), ("qronos", "block", 3),
+                                                                ("optq", "float", 0), ("rtn", "float", 0)])
+def test_each_block_runs_at_most_one_float_forward_per_window_and_rtn_runs_none(calibration, algorithm, x_mode,
+                                                                                  float_forwards):
+    """Float stream: one forward per window and block (it captures X for every group and advances the
+    stream); none where X is not needed (OPTQ, and RTN without errors, which runs no calibration at all)."""
+    model = tiny_llama()
+    counts = _count_block_forwards(model)
+    errors = algorithm != "rtn"
+    quantize_causal_lm(model, None if algorithm == "rtn" else calibration, recipe(algo=algorithm, bits=3),
+                       x_mode=x_mode, errors=errors and algorithm == "qronos", progress=False)
+    blocks = len(model.model.layers)
+    assert counts["float"] == float_forwards * blocks
+    if algorithm == "rtn":
+        assert counts["quantized"] == 0

@@ -98,13 +98,24 @@ def discover_groups(block: nn.Module, layer_names: list[str], run) -> list[list[
     """Groups of ``layer_names`` in first-call order; consecutive layers called on the same tensor share
     a group. ``run()`` performs one forward of ``block``. Layers never called, or called more than once
     per forward, are errors (their input would be ambiguous)."""
-    calls: list[tuple[str, torch.Tensor]] = []  # keeps the inputs alive, so identities cannot be reused
+    calls: list[tuple[str, torch.Tensor]] = []
+    with temporary_hooks(named_modules(block, layer_names), call_recorder(calls)), torch.no_grad():
+        run()
+    return groups_from_calls(calls, layer_names)
+
+
+def call_recorder(calls: list):
+    """Hook factory for :func:`temporary_hooks` appending ``(name, input tensor)`` to ``calls`` (keeping the
+    inputs alive, so tensor identities cannot be reused within the forward)."""
 
     def record(name):
         return lambda module, args: calls.append((name, args[0]))
 
-    with temporary_hooks(named_modules(block, layer_names), record), torch.no_grad():
-        run()
+    return record
+
+
+def groups_from_calls(calls: list, layer_names: list[str]) -> list[list[str]]:
+    """The groups of :func:`discover_groups` from one forward's recorded calls."""
     called = [name for name, _ in calls]
     repeated = sorted({name for name in called if called.count(name) > 1})
     if repeated:
@@ -250,20 +261,25 @@ def quantize_layers_in_block(
     needs_x = "G" in statistics or "H_float" in statistics
     if needs_x and (float_block is None or float_runs is None):
         raise ValueError(f"{recipe.solver.algorithm} (with errors={errors}) needs the float model's inputs X")
-    with timer.phase("float_forward" if needs_x else "quantized_forward"):
-        groups = discover_groups(float_block if needs_x else quant_block, layer_names,
-                                 float_runs[0] if needs_x else quant_runs[0])
-    quant_modules = dict(quant_block.named_modules())
-    sharings = [_stats_sharing(group, quant_modules) for group in groups]
     float_inputs, float_outputs = None, None
-    if needs_x:  # X does not depend on the quantized block: one float forward per batch serves every group
-        all_representatives = [members[0] for sharing in sharings for members in sharing]
+    if needs_x:  # X does not depend on the quantized block: one float forward per batch serves every group,
+        # and the first one also tells the groups (the inputs of a Linear are views: capturing all costs nothing)
+        calls: list = []
         with timer.phase("float_forward"):
-            captures = [capture_inputs(float_block, all_representatives, run, stop=not keep_float_outputs)
-                        for run in float_runs]
+            with temporary_hooks(named_modules(float_block, layer_names), call_recorder(calls)):
+                captures = [capture_inputs(float_block, layer_names, float_runs[0], stop=not keep_float_outputs)]
+            groups = groups_from_calls(calls, layer_names)
+            del calls
+            captures += [capture_inputs(float_block, layer_names, run, stop=not keep_float_outputs)
+                         for run in float_runs[1:]]
         float_inputs = [inputs for inputs, _ in captures]
         float_outputs = [hidden_of(output) for _, output in captures] if keep_float_outputs else None
         del captures
+    else:
+        with timer.phase("quantized_forward"):
+            groups = discover_groups(quant_block, layer_names, quant_runs[0])
+    quant_modules = dict(quant_block.named_modules())
+    sharings = [_stats_sharing(group, quant_modules) for group in groups]
     outcome, quant_outputs = {}, None
     for position, (group, sharing) in enumerate(zip(groups, sharings)):
         last = position == len(groups) - 1
@@ -285,9 +301,11 @@ def quantize_layers_in_block(
                 last_outputs.append(hidden_of(output))
             with timer.phase("statistics"):
                 for name in representatives:
-                    X = None if float_inputs is None else float_inputs[batch].pop(name)
+                    X = None if float_inputs is None else float_inputs[batch][name]
                     same = X is not None and torch.equal(X, X_tilde[name])
                     stats[name].update(X if X is not None else X_tilde[name], None if same else X_tilde[name])
+                for name in group if float_inputs is not None else ():
+                    del float_inputs[batch][name]  # this group's X is no longer needed
         with timer.phase("solve"):
             for name in group:
                 layer = quant_modules[name]

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
@@ -136,19 +135,9 @@ def materialize(torch, model, bits: int, group_size):
                 codes = torch.round(value / scale.reshape(value.shape[0], -1)[:, groups]
                                     + zero.reshape(value.shape[0], -1)[:, groups])
                 checks.append(common.check_grid(value, codes, scale, zero, bits, group_size))
-                linear = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
-                linear.weight.copy_(value.detach().float())
-                if child.bias is not None:
-                    linear.bias.copy_(child.bias.detach().float())
-                setattr(parent, child_name, linear)
+                setattr(parent, child_name, common.plain_linear(child, value))
                 n_layers += 1
-    return {
-        "n_quantized_linears": n_layers,
-        "max_abs_recon_err": max(c["max_abs_recon_err"] for c in checks),
-        "codes_in_range": all(c["codes_in_range"] for c in checks),
-        "zero_is_integer": all(c["zero_is_integer"] for c in checks),
-        "n_levels_used_max": max(c["n_levels_used_max"] for c in checks),
-    }
+    return common.grid_summary(checks, n_layers)
 
 
 def main(argv=None):
@@ -187,47 +176,12 @@ def main(argv=None):
         with common.Timer() as t_algo:
             run_gpxq(torch, model, calibration, args.algo, args.gpxq_mode, args.act_order, args.qronos_alpha)
         grid = materialize(torch, model, bits, group_size)
-    rss_quant = common.peak_rss_mib()
-    common.save_weights(model, args.save_weights)
-    if grid["n_quantized_linears"] != n_linears:
-        raise AssertionError(f"quantized {grid['n_quantized_linears']} linears, expected {n_linears}")
-
-    with common.Timer() as t_eval:
-        float_model = common.load_float_model(args.model)
-        common.assert_float_outside_blocks(model, float_model)
-        grid.update(common.weight_bias_check(model, float_model))
-        metrics = common.evaluate(model, float_model, evals)
-
-    row = {
-        "peer": "brevitas",
-        "algo": args.algo,
-        "setting": args.setting,
-        "bits": bits,
-        "group_size": group_size,
-        "options": {
-            "gpxq_mode": args.gpxq_mode if args.algo != "rtn" else None,
-            "act_order": args.act_order,
-            "qronos_alpha": args.qronos_alpha if args.algo == "qronos" else None,
-            "integer_zero_point": not args.float_zero_point,
-            "scaling_min_val": args.scaling_min_val,
-            "weight_scaling_impl_type": "parameter_from_stats",
-        },
-        "calibration": list(calibration.shape),
-        "eval": metrics,
-        "kl_mean": sum(m["kl"] * m["tokens"] for m in metrics.values()) / sum(m["tokens"] for m in metrics.values()),
-        "quant_seconds": t_quant.seconds,
-        "algo_seconds": t_algo.seconds,
-        "load_seconds": t_load.seconds,
-        "eval_seconds": t_eval.seconds,
-        "peak_rss_quant_mib": rss_quant,
-        "peak_rss_mib": common.peak_rss_mib(),
-        "grid_check": grid,
-        "threads": threads,
-        "versions": common.versions(["torch", "brevitas", "transformers", "accelerate"]),
-        "tag": args.tag,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    common.emit(row, args.out)
+    common.finish(model, args, grid, n_linears, evals, calibration, peer="brevitas", options={
+        "gpxq_mode": args.gpxq_mode if args.algo != "rtn" else None, "act_order": args.act_order,
+        "qronos_alpha": args.qronos_alpha if args.algo == "qronos" else None,
+        "integer_zero_point": not args.float_zero_point, "scaling_min_val": args.scaling_min_val,
+        "weight_scaling_impl_type": "parameter_from_stats"},
+                  timers={"quant": t_quant, "algo": t_algo, "load": t_load}, threads=threads, packages=["torch", "brevitas", "transformers", "accelerate"])
 
 
 if __name__ == "__main__":

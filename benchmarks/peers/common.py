@@ -235,3 +235,56 @@ def assert_float_outside_blocks(quant_model, float_model) -> None:
             continue
         if name in fs and not torch.equal(p.detach().cpu(), fs[name].detach().cpu()):
             raise AssertionError(f"parameter outside the decoder blocks changed: {name}")
+
+
+def plain_linear(child, weight):
+    """An ``nn.Linear`` with ``child``'s shape and bias holding ``weight`` (fp32): every peer is evaluated by the
+    same Hugging Face forward."""
+    import torch
+
+    linear = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
+    with torch.no_grad():
+        linear.weight.copy_(weight.detach().float())
+        if child.bias is not None:
+            linear.bias.copy_(child.bias.detach().float())
+    return linear
+
+
+def grid_summary(checks: list, n_layers: int, **extra) -> dict:
+    """The checks of every quantized linear (``check_grid`` results) summarised for the row."""
+    return {
+        "n_quantized_linears": n_layers,
+        "max_abs_recon_err": max(c["max_abs_recon_err"] for c in checks),
+        "codes_in_range": all(c["codes_in_range"] for c in checks),
+        "zero_is_integer": all(c["zero_is_integer"] for c in checks),
+        "n_levels_used_max": max(c["n_levels_used_max"] for c in checks),
+        **extra,
+    }
+
+
+def finish(model, args, grid: dict, n_linears: int, evals: dict, calibration, *, peer: str, options: dict,
+           timers: dict, threads: int, packages: list[str]) -> None:
+    """The end every worker shares: peak RSS of quantization, optional weights, the count check, evaluation
+    against a freshly loaded float model, the JSON row (``timers``: name → Timer, reported as ``<name>_seconds``)."""
+    rss_quant = peak_rss_mib()
+    save_weights(model, args.save_weights)
+    if grid["n_quantized_linears"] != n_linears:
+        raise AssertionError(f"quantized {grid['n_quantized_linears']} linears, expected {n_linears}")
+    model.config.use_cache = False
+    model.eval()
+    with Timer() as t_eval:
+        float_model = load_float_model(args.model)
+        assert_float_outside_blocks(model, float_model)
+        grid.update(weight_bias_check(model, float_model))
+        metrics = evaluate(model, float_model, evals)
+    row = {
+        "peer": peer, "algo": args.algo, "setting": args.setting, "bits": SETTINGS[args.setting]["bits"],
+        "group_size": SETTINGS[args.setting]["group_size"], "options": options,
+        "calibration": list(calibration.shape), "eval": metrics,
+        "kl_mean": sum(m["kl"] * m["tokens"] for m in metrics.values()) / sum(m["tokens"] for m in metrics.values()),
+        **{f"{name}_seconds": timer.seconds for name, timer in timers.items()},
+        "eval_seconds": t_eval.seconds, "peak_rss_quant_mib": rss_quant, "peak_rss_mib": peak_rss_mib(),
+        "grid_check": grid, "threads": threads, "versions": versions(packages), "tag": args.tag,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    emit(row, args.out)

@@ -35,7 +35,6 @@ import gc
 import os
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
@@ -170,51 +169,11 @@ def main(argv=None):
                 linear.weight.copy_(weights.pop(name))
         if weights:
             raise AssertionError(f"quantized weights without a target: {sorted(weights)[:3]}")
-    rss_quant = common.peak_rss_mib()  # includes the save/reload
-    common.save_weights(model, args.save_weights)
-    if grid["n_quantized_linears"] != n_linears:
-        raise AssertionError(f"quantized {grid['n_quantized_linears']} linears, expected {n_linears}")
-    model.config.use_cache = False
-    model.eval()
-
-    with common.Timer() as t_eval:
-        float_model = common.load_float_model(args.model)
-        common.assert_float_outside_blocks(model, float_model)
-        grid.update(common.weight_bias_check(model, float_model))
-        metrics = common.evaluate(model, float_model, evals)
-
-    row = {
-        "peer": "gptqmodel",
-        "algo": args.algo,
-        "setting": args.setting,
-        "bits": bits,
-        "group_size": group_size,
-        "options": {
-            "damp_percent": cfg.damp_percent,
-            "damp_auto_increment": cfg.damp_auto_increment,
-            "desc_act": cfg.desc_act,
-            "act_group_aware": cfg.act_group_aware,
-            "static_groups": cfg.static_groups,
-            "true_sequential": cfg.true_sequential,
-            "mse": cfg.mse,
-        },
-        "calibration": list(calibration.shape),
-        "eval": metrics,
-        "kl_mean": sum(m["kl"] * m["tokens"] for m in metrics.values()) / sum(m["tokens"] for m in metrics.values()),
-        "quant_seconds": t_quant.seconds,
-        "algo_seconds": t_algo.seconds,
-        "load_seconds": t_load.seconds,
-        "save_reload_seconds": t_reload.seconds,
-        "eval_seconds": t_eval.seconds,
-        "peak_rss_quant_mib": rss_quant,
-        "peak_rss_mib": common.peak_rss_mib(),
-        "grid_check": grid,
-        "threads": threads,
-        "versions": common.versions(["torch", "gptqmodel", "transformers", "accelerate"]),
-        "tag": args.tag,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    common.emit(row, args.out)
+    common.finish(model, args, grid, n_linears, evals, calibration, peer="gptqmodel", options={
+        "damp_percent": cfg.damp_percent, "damp_auto_increment": cfg.damp_auto_increment, "desc_act": cfg.desc_act,
+        "act_group_aware": cfg.act_group_aware, "static_groups": cfg.static_groups,
+        "true_sequential": cfg.true_sequential, "mse": cfg.mse},
+                  timers={"quant": t_quant, "algo": t_algo, "load": t_load, "save_reload": t_reload}, threads=threads, packages=["torch", "gptqmodel", "transformers", "accelerate"])
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
@@ -72,20 +71,10 @@ def materialize(torch, model, bits: int, group_size):
                 deq = (codes - zero[:, groups]) * scale[:, groups]
                 checks.append(common.check_grid(deq, codes, scale, zero, bits, None if scale.shape[1] == 1 else group_size))
                 checks[-1]["weight_vs_dequant"] = float((deq - w).abs().max())
-                linear = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
-                linear.weight.copy_(deq)
-                if child.bias is not None:
-                    linear.bias.copy_(child.bias.detach().float())
-                setattr(parent, child_name, linear)
+                setattr(parent, child_name, common.plain_linear(child, deq))
                 n += 1
-    return {
-        "n_quantized_linears": n,
-        "max_abs_recon_err": max(c["max_abs_recon_err"] for c in checks),
-        "codes_in_range": all(c["codes_in_range"] for c in checks),
-        "zero_is_integer": all(c["zero_is_integer"] for c in checks),
-        "n_levels_used_max": max(c["n_levels_used_max"] for c in checks),
-        "max_abs_weight_vs_dequant": max(c["weight_vs_dequant"] for c in checks),
-    }
+    return common.grid_summary(checks, n,
+        max_abs_weight_vs_dequant=max(c["weight_vs_dequant"] for c in checks))
 
 
 def main(argv=None):
@@ -134,46 +123,13 @@ def main(argv=None):
                 batch_size=1,
             )
         grid = materialize(torch, model, bits, group_size)
-    rss_quant = common.peak_rss_mib()
-    common.save_weights(model, args.save_weights)
-    if grid["n_quantized_linears"] != n_linears:
-        raise AssertionError(f"quantized {grid['n_quantized_linears']} linears, expected {n_linears}")
-
-    with common.Timer() as t_eval:
-        float_model = common.load_float_model(args.model)
-        common.assert_float_outside_blocks(model, float_model)
-        grid.update(common.weight_bias_check(model, float_model))
-        metrics = common.evaluate(model, float_model, evals)
-
-    row = {
-        "peer": "llmcompressor",
-        "algo": args.algo,
-        "setting": args.setting,
-        "bits": bits,
-        "group_size": group_size,
-        "options": {
-            "weights": weight_args(bits, group_size, args.group_strategy),
-            "actorder": args.actorder if args.algo == "gptq" else None,
-            "dampening_frac": args.dampening_frac if args.algo == "gptq" else None,
-            "block_size": args.block_size if args.algo == "gptq" else None,
-            "pipeline": "sequential (default inferred), propagate_error=True",
-        },
-        "calibration": list(calibration.shape),
-        "eval": metrics,
-        "kl_mean": sum(m["kl"] * m["tokens"] for m in metrics.values()) / sum(m["tokens"] for m in metrics.values()),
-        "quant_seconds": t_quant.seconds,
-        "algo_seconds": t_algo.seconds,
-        "load_seconds": t_load.seconds,
-        "eval_seconds": t_eval.seconds,
-        "peak_rss_quant_mib": rss_quant,
-        "peak_rss_mib": common.peak_rss_mib(),
-        "grid_check": grid,
-        "threads": threads,
-        "versions": common.versions(["torch", "llmcompressor", "compressed-tensors", "transformers", "accelerate"]),
-        "tag": args.tag,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    common.emit(row, args.out)
+    common.finish(model, args, grid, n_linears, evals, calibration, peer="llmcompressor", options={
+        "weights": weight_args(bits, group_size, args.group_strategy),
+        "actorder": args.actorder if args.algo == "gptq" else None,
+        "dampening_frac": args.dampening_frac if args.algo == "gptq" else None,
+        "block_size": args.block_size if args.algo == "gptq" else None,
+        "pipeline": "sequential (default inferred), propagate_error=True"},
+                  timers={"quant": t_quant, "algo": t_algo, "load": t_load}, threads=threads, packages=["torch", "llmcompressor", "compressed-tensors", "transformers", "accelerate"])
 
 
 if __name__ == "__main__":
