@@ -174,7 +174,7 @@ def run_row(table: Table, setting: str, variant: Variant, calib_windows: int, wi
     torch.manual_seed(0)
     data = torch.load(windows_file)
     model, _tokenizer, _folder = load_model(table.model)
-    quant_time, recipe = 0.0, None
+    quant_time, recipe, split = 0.0, None, None
     if variant.algorithm != FLOAT:
         options = dict(SETTINGS[setting])
         hadamard = options.pop("hadamard", False)
@@ -182,9 +182,9 @@ def run_row(table: Table, setting: str, variant: Variant, calib_windows: int, wi
         start = time.perf_counter()
         if hadamard:
             rotate_llama(model, seed=0)
-        quantize_causal_lm(model, data["calibration"][:calib_windows], recipe,
-                           x_mode=variant.x_mode or data["default_x_mode"], errors=False, progress=False)
-        quant_time = time.perf_counter() - start
+        report = quantize_causal_lm(model, data["calibration"][:calib_windows], recipe,
+                                    x_mode=variant.x_mode or data["default_x_mode"], errors=False, progress=False)
+        quant_time, split = time.perf_counter() - start, report["time_split_s"]
     reference = None if data["log_probs"] else load_model(table.model)[0]
     scores = {}
     for text in TEXTS:
@@ -203,7 +203,7 @@ def run_row(table: Table, setting: str, variant: Variant, calib_windows: int, wi
         "x_mode": variant.x_mode or (data["default_x_mode"] if variant.algorithm != FLOAT and
                                      SOLVERS[variant.algorithm].uses_float_inputs else None),
         "recipe": None if recipe is None else recipe_to_options(recipe), "calibration_windows": calib_windows,
-        "scores": scores, "quantization_time_s": quant_time,
+        "scores": scores, "quantization_time_s": quant_time, "time_split_s": split,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "threads": torch.get_num_threads(),
     }
