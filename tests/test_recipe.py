@@ -1,7 +1,9 @@
 """The shared recipe: specs validate once, ``solve`` equals the solvers it dispatches to, options round-trip."""
 
 import argparse
+import importlib.util
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ from hypothesis import strategies as st
 
 from qronos_linalg import LayerStats, UniformGrid, gpfq, gptaq, optq, output_error, qronos, rtn
 from qronos_linalg.cli import Settings
-from qronos_linalg.options import ConfigError, recipe_from_options, recipe_to_options
+from qronos_linalg.options import ConfigError, load_config_file, recipe_from_options, recipe_to_options
 from qronos_linalg.recipe import (ALGORITHMS, SOLVERS, GridSpec, LayerReport, Recipe, SolverSpec, algorithms_using,
                                   solve)
 from qronos_linalg.yaqa import yaqa
@@ -162,14 +164,23 @@ def test_settings_take_defaults_then_the_config_file_then_the_flags(tmp_path):
     parser.add_argument("--config")
     settings = Settings(parser, Recipe(GridSpec(group_size=32)))
     settings.add("--width", dest="width", default=7, type=int, help="a setting")
-    (tmp_path / "c.yaml").write_text("bits: 3\ngroup-size: 64\nwidth: '9'\nact_order: yes\n")
-    values = settings.resolve(parser.parse_args(["--config", str(tmp_path / "c.yaml"), "--bits", "5"]))
+    (tmp_path / "c.json").write_text('{"bits": 3, "group-size": 64, "width": "9", "act_order": "yes"}')
+    values = settings.resolve(parser.parse_args(["--config", str(tmp_path / "c.json"), "--bits", "5"]))
     recipe = settings.recipe(values)
     assert (recipe.grid.bits, recipe.grid.group_size, recipe.solver.act_order, values["width"]) == (5, 64, True, 9)
     assert settings.recipe(settings.resolve(parser.parse_args([]))) == Recipe(GridSpec(group_size=32))
     (tmp_path / "bad.json").write_text('{"kernel": 3}')
     with pytest.raises(ConfigError, match="unknown configuration key 'kernel'"):
         settings.resolve(parser.parse_args(["--config", str(tmp_path / "bad.json")]))
+
+
+def test_yaml_config_files_read_like_json_and_need_pyyaml_only_when_used(tmp_path, monkeypatch):
+    (tmp_path / "c.yaml").write_text("bits: 3\ngroup-size: 64\nact_order: yes\n")
+    if importlib.util.find_spec("yaml") is not None:
+        assert load_config_file(tmp_path / "c.yaml") == {"bits": 3, "group_size": 64, "act_order": True}
+    monkeypatch.setitem(sys.modules, "yaml", None)
+    with pytest.raises(ConfigError, match="needs PyYAML: pip install pyyaml"):
+        load_config_file(tmp_path / "c.yaml")
 
 
 def test_layer_stats_feed_solve_directly():
