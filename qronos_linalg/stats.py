@@ -128,6 +128,12 @@ class LayerStats:
         return self._sums[name]
 
     @property
+    def sums(self) -> dict:
+        """The running sums kept so far, ``{name: array}`` (the arrays themselves: a data-parallel run reduces
+        them in place across processes, then sets ``count`` to the total samples)."""
+        return self._sums
+
+    @property
     def H(self):
         """``X̃ᵀX̃`` (in × in)."""
         return self._require("H")

@@ -21,15 +21,16 @@ def windows():
 
 def test_factors_are_the_sums_of_per_window_gradient_products(windows):
     """H_in = mean_b G_bᵀ G_b and H_out = mean_b G_b G_bᵀ with G_b the weight gradient of window b's loss
-    against labels sampled from the model itself (recomputed here with autograd, window by window)."""
+    against labels sampled from the model itself, window b's with seed + b (recomputed here with autograd,
+    window by window); a share of the windows starting at ``first_window`` sums the same terms."""
     model = tiny_llama()
     name = "model.layers.1.mlp.down_proj"
     layer = dict(model.named_modules())[name]
     factors = kronecker_factors(model, windows, {name: layer}, seed=3, progress=False)[name]
-    generator = torch.Generator().manual_seed(3)
     gradients = []
     for index in range(windows.shape[0]):
         logits = model(input_ids=windows[index : index + 1], use_cache=False).logits[0].float()
+        generator = torch.Generator().manual_seed(3 + index)
         labels = torch.multinomial(torch.softmax(logits.detach(), -1), 1, generator=generator)[:, 0]
         (gradient,) = torch.autograd.grad(nn.functional.cross_entropy(logits, labels, reduction="sum"), layer.weight)
         gradients.append(gradient.double())
@@ -38,6 +39,10 @@ def test_factors_are_the_sums_of_per_window_gradient_products(windows):
     torch.testing.assert_close(factors.H, H_in, rtol=1e-6, atol=1e-12)
     torch.testing.assert_close(factors.H_out, H_out, rtol=1e-6, atol=1e-12)
     assert factors.count == 3 and all(p.grad is None for p in model.parameters())
+    tail = kronecker_factors(model, windows[1:], {name: layer}, seed=3, progress=False, average=False,
+                             first_window=1)[name]
+    torch.testing.assert_close(tail.H, sum(G.T @ G for G in gradients[1:]), rtol=1e-6, atol=1e-12)
+    assert tail.count == 2
 
 
 def test_yaqa_pipeline_rounds_every_block_linear_and_beats_rtn_on_its_own_objective(windows):

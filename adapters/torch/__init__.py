@@ -16,6 +16,9 @@ import importlib
 X_MODES = ("float", "block")
 #: YAQA's default number of gradient windows for its Kronecker factors (:mod:`.hessians`).
 DEFAULT_HESSIAN_SEQUENCES = 64
+#: Seconds a data-parallel collective waits for the other ranks before failing (:mod:`.distributed`): a dead
+#: rank must not hang the run, and one rank's solve of a 70B model's largest layer takes minutes, not this.
+DEFAULT_DIST_TIMEOUT_S = 1800.0
 
 #: Public name → submodule that defines it.
 _EXPORTS = {
@@ -28,12 +31,13 @@ _EXPORTS = {
     "perplexity": "lm",
     "evaluate": "lm",
     "quantize_causal_lm": "lm",
+    "DataParallel": "distributed",
     "rotate_llama": "rotation",
     "smooth_llama": "smoothquant",
     "save_quantized": "save",
     "load_quantized": "save",
 }
-__all__ = ["X_MODES", "DEFAULT_HESSIAN_SEQUENCES", *_EXPORTS]
+__all__ = ["X_MODES", "DEFAULT_HESSIAN_SEQUENCES", "DEFAULT_DIST_TIMEOUT_S", *_EXPORTS]
 
 
 def __getattr__(name):

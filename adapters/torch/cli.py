@@ -11,10 +11,10 @@ from pathlib import Path
 
 from qronos_linalg.cli import HelpFormatter, Settings, add_common_arguments, emit, layer_table, require, set_threads
 from qronos_linalg.io import check_output, status, write_json_atomic
-from qronos_linalg.options import parse_choice, parse_int, parse_optional_float
+from qronos_linalg.options import parse_choice, parse_float, parse_int, parse_optional_float
 from qronos_linalg.recipe import Recipe
 
-from . import DEFAULT_HESSIAN_SEQUENCES, X_MODES
+from . import DEFAULT_DIST_TIMEOUT_S, DEFAULT_HESSIAN_SEQUENCES, X_MODES
 
 __all__ = ["register", "quantize_lm", "evaluate_lm", "DEFAULT_SEQ_LEN", "DEFAULT_CALIB_WINDOWS",
            "DEFAULT_EVAL_WINDOWS", "DEFAULT_RECIPE"]
@@ -82,6 +82,9 @@ def register(subparsers) -> None:
                  metavar="N", group=lm_group,
                  help="YAQA only: the first N calibration windows give the Kronecker factors (one forward and "
                       "backward of the float model each)")
+    settings.add("--dist-timeout", dest="dist_timeout", default=DEFAULT_DIST_TIMEOUT_S, type=parse_float, metavar="S",
+                 group=lm_group, help="under torchrun (data-parallel calibration, docs/scale.md): seconds a collective "
+                                      "waits for the other ranks before the run fails")
     _add_text_options(settings, quantize, DEFAULT_CALIB_WINDOWS, "calibration")
     add_common_arguments(quantize, settings, report_help="also write the per-layer JSON report here, with each "
                          "layer's output errors against RTN: they need the float stream and G, H_float, so RTN "
@@ -150,6 +153,24 @@ def _peak_memory_mib() -> float:
 
 
 def quantize_lm(args) -> int:
+    """``qronos quantize-lm``; under torchrun (WORLD_SIZE > 1) one rank of a data-parallel run, in which
+    rank 0 writes the outputs and prints the summary."""
+    from .distributed import DataParallel, launched_distributed
+
+    parallel = None
+    if launched_distributed():
+        values = args.settings.resolve(args)
+        if not values["dist_timeout"] > 0:
+            raise ValueError(f"--dist-timeout must be positive, got {values['dist_timeout']}")
+        parallel = DataParallel.initialize(timeout_s=values["dist_timeout"])
+    try:
+        return _quantize_lm(args, parallel)
+    finally:
+        if parallel is not None:
+            parallel.close()
+
+
+def _quantize_lm(args, parallel) -> int:
     import torch
 
     from .data import check_model_name, load_float_model, load_tokenizer, model_folder, quiet_transformers
@@ -175,7 +196,8 @@ def quantize_lm(args) -> int:
             raise ModuleNotFoundError("--onnx needs onnxscript: pip install 'qronos_linalg[lm]'")
     set_threads(values["threads"])
     torch.manual_seed(values["seed"])
-    quiet = args.quiet
+    main_rank = parallel is None or parallel.is_main
+    quiet = args.quiet or not main_rank
     if quiet:
         quiet_transformers()
     if args.gguf_type is not None and args.format != "gguf":
@@ -184,6 +206,13 @@ def quantize_lm(args) -> int:
     folder = model_folder(args.model)
     tokenizer = load_tokenizer(folder)
     calibration = _windows(tokenizer, values, "calibration")
+    if parallel is not None:
+        parallel.check_same({**{key: str(value) for key, value in values.items()}, "model": args.model,
+                             "output": str(args.output), "format": args.format, "gguf_type": args.gguf_type,
+                             "report": str(args.report), "onnx": str(args.onnx),
+                             "calibration": _fingerprint(calibration)})
+        parallel.share(calibration if "H_out" not in recipe.solver.statistics
+                       else calibration[: values["hessian_sequences"]])  # more ranks than windows: refused now
     model = load_float_model(folder)
     output_format, recipe = _output_format(args.format, args.gguf_type, recipe, values, model, values["blocks"])
     status(f"output format: {output_format}", enabled=not quiet)
@@ -197,8 +226,10 @@ def quantize_lm(args) -> int:
         calibration = calibration[: values["hessian_sequences"]]
     report = quantize_causal_lm(model, calibration, recipe, blocks=values["blocks"], x_mode=values["x_mode"],
                                 errors=report_path is not None or "H_out" in recipe.solver.statistics,
-                                seed=values["seed"], progress=not quiet)
+                                seed=values["seed"], progress=not quiet, parallel=parallel)
     report["total_time_s"] = time.perf_counter() - start
+    if not main_rank:
+        return 0
     report["peak_memory_mib"] = _peak_memory_mib()
     report["format"] = output_format
     _write_output(output_format, args, model, report, tokenizer, transforms, folder)
@@ -214,13 +245,14 @@ def quantize_lm(args) -> int:
         "mean_rel_error_rtn": _mean(layer["rel_error_rtn"] for layer in layers),
         "recipe": recipe.to_dict(), "x_mode": values["x_mode"],
         "calibration_windows": int(calibration.shape[0]), "seq_len": int(calibration.shape[1]),
+        "world_size": report["world_size"],
     }
     if report_path is not None:
         write_json_atomic(report_path, {**summary, "layers": layers}, overwrite=args.overwrite)
     lines = layer_table(layers) + [
         f"layers quantized: {len(layers)} ({recipe.solver.algorithm}, {calibration.shape[0]} × {calibration.shape[1]} "
         f"calibration tokens, x_mode {values['x_mode']}, {report['total_time_s']:.1f} s, peak RSS "
-        f"{report['peak_memory_mib']:.0f} MiB)",
+        f"{report['peak_memory_mib']:.0f} MiB" + (f", {report['world_size']} ranks" if parallel else "") + ")",
         f"mean relative output error: {summary['mean_rel_error']:.4f} (RTN on the same grids: "
         f"{summary['mean_rel_error_rtn']:.4f})" if summary["mean_rel_error"] is not None else
         "layer output errors: not computed (pass --report FILE for them)",
@@ -229,6 +261,13 @@ def quantize_lm(args) -> int:
     ]
     emit(summary, lines, args.json)
     return 0
+
+
+def _fingerprint(windows) -> str:
+    """A digest of the calibration token ids (the ranks must calibrate on the same text)."""
+    import hashlib
+
+    return hashlib.sha256(windows.numpy().tobytes()).hexdigest()
 
 
 def _output_format(requested: str, gguf_type, recipe: Recipe, values: dict, model, blocks) -> tuple[str, Recipe]:

@@ -65,11 +65,14 @@ def _loss_head(model: nn.Module) -> None:
 
 
 def kronecker_factors(model: nn.Module, windows: torch.Tensor, layers: dict[str, nn.Module] | None = None, *,
-                      seed: int = 0, progress: bool = True) -> dict[str, KroneckerFactors]:
+                      seed: int = 0, progress: bool = True, average: bool = True,
+                      first_window: int = 0) -> dict[str, KroneckerFactors]:
     """The factors of every linear in ``layers`` (default: all supported layers of ``model``) from one
     forward and backward per window (n_windows × seq_len token ids), with labels sampled from the model's
-    own softmax by a generator seeded with ``seed``. The model's weights and gradients are left as they
-    were (its parameters' ``.grad`` is restored to None)."""
+    own softmax; window i's labels come from a generator seeded with ``seed + first_window + i`` (so a share
+    of the windows starting at ``first_window`` samples what the whole set would). ``average``: divide the
+    sums by the windows (:meth:`KroneckerFactors.finish`; a data-parallel run reduces the sums first). The
+    model's weights and gradients are left as they were (its parameters' ``.grad`` is restored to None)."""
     _loss_head(model)
     if not isinstance(windows, torch.Tensor) or windows.ndim != 2 or windows.shape[0] == 0:
         raise ValueError("windows must be a non-empty 2-D tensor of token ids (n_windows × seq_len)")
@@ -79,7 +82,6 @@ def kronecker_factors(model: nn.Module, windows: torch.Tensor, layers: dict[str,
     factors = {name: KroneckerFactors(name, layer.weight.shape[1] if layer.weight.ndim == 2 else
                                       layer.weight[0].numel(), layer.weight.shape[0])
                for name, layer in layers.items()}
-    generator = torch.Generator().manual_seed(seed)
     parameters = list(model.parameters())
     wanted = {layer.weight for layer in layers.values()}
     flags = [parameter.requires_grad for parameter in parameters]
@@ -93,6 +95,7 @@ def kronecker_factors(model: nn.Module, windows: torch.Tensor, layers: dict[str,
             batch = windows[index : index + 1]
             logits = model(input_ids=batch, use_cache=False).logits[0].float()
             with torch.no_grad():
+                generator = torch.Generator().manual_seed(seed + first_window + index)
                 labels = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)[:, 0]
             torch.nn.functional.cross_entropy(logits, labels, reduction="sum").backward()
             for name, layer in layers.items():
@@ -104,4 +107,4 @@ def kronecker_factors(model: nn.Module, windows: torch.Tensor, layers: dict[str,
         for parameter, flag in zip(parameters, flags):
             parameter.requires_grad_(flag)
             parameter.grad = None
-    return {name: factor.finish() for name, factor in factors.items()}
+    return {name: factor.finish() if average else factor for name, factor in factors.items()}

@@ -158,7 +158,8 @@ def capture_inputs(block: nn.Module, layer_names: list[str], run, *, stop: bool 
 
 
 class PhaseTimer:
-    """Seconds spent per phase of the pipeline (``with timer.phase("statistics"): ...``)."""
+    """Seconds spent per phase of the pipeline (``with timer.phase("statistics"): ...``): the PHASES always,
+    others (a data-parallel run's ``reduce`` and ``broadcast``) once used."""
 
     PHASES = ("float_forward", "quantized_forward", "statistics", "gradients", "solve")
 
@@ -171,7 +172,7 @@ class PhaseTimer:
         try:
             yield
         finally:
-            self.seconds[name] += time.perf_counter() - start
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
 def _transform_key(module: nn.Module) -> str:
@@ -233,6 +234,7 @@ def quantize_layers_in_block(
     advance: bool = False,
     on_layer=None,
     timer: PhaseTimer | None = None,
+    parallel=None,
 ):
     """Quantize the supported layers of ``quant_block`` in place, group after group; returns
     ``({name: (result, report)}, float outputs, quantized outputs)``.
@@ -251,6 +253,8 @@ def quantize_layers_in_block(
     Layers of a group with the same input transform share one LayerStats, which keeps only the statistics
     the solver needs (plus G and H_float with ``errors``). Names are prefixed by ``prefix``;
     ``on_layer(name)`` is called after each layer; ``timer`` collects the seconds per phase.
+    ``parallel`` (a :class:`~.distributed.DataParallel`): the runs are this rank's share of the calibration;
+    statistics are reduced to each layer's owner rank, which solves it and broadcasts the solution.
     """
     timer = timer or PhaseTimer()
     if layer_names is None:
@@ -306,15 +310,15 @@ def quantize_layers_in_block(
                     stats[name].update(X if X is not None else X_tilde[name], None if same else X_tilde[name])
                 for name in group if float_inputs is not None else ():
                     del float_inputs[batch][name]  # this group's X is no longer needed
-        with timer.phase("solve"):
-            for name in group:
-                layer = quant_modules[name]
-                result, report = solve_layer(layer, stats[name], recipe, name=prefix + name, errors=errors)
-                change = (result.weight.to(layer.weight.dtype) - layer_weight_matrix(layer)).T if correct else None
-                set_layer_weight(layer, result.weight)
-                outcome[prefix + name] = (result, report)
-                if on_layer is not None:
-                    on_layer(prefix + name)
+        solved = _solve_group(group, sharing, stats, quant_modules, recipe, prefix, errors, parallel, timer)
+        for name in group:
+            layer = quant_modules[name]
+            result, report = solved[prefix + name]
+            change = (result.weight.to(layer.weight.dtype) - layer_weight_matrix(layer)).T if correct else None
+            set_layer_weight(layer, result.weight)
+            outcome[prefix + name] = (result, report)
+            if on_layer is not None:
+                on_layer(prefix + name)
         if correct:
             with timer.phase("quantized_forward"):
                 quant_outputs = _corrected_outputs(quant_runs, last_inputs, last_outputs, change)
@@ -322,6 +326,28 @@ def quantize_layers_in_block(
         with timer.phase("quantized_forward"), torch.no_grad():
             quant_outputs = [hidden_of(run()) for run in quant_runs]
     return outcome, float_outputs, quant_outputs
+
+
+def _solve_group(group, sharing, stats, modules, recipe: Recipe, prefix: str, errors: bool, parallel,
+                 timer: PhaseTimer) -> dict:
+    """``{prefix + name: (result, report)}`` of a group's layers. Data-parallel: each shared LayerStats is
+    reduced to the owners of its layers, each owner solves its layers, and the solutions are broadcast."""
+    if parallel is None:
+        with timer.phase("solve"):
+            return {prefix + name: solve_layer(modules[name], stats[name], recipe, name=prefix + name, errors=errors)
+                    for name in group}
+    owners = {name: parallel.owner(prefix + name, *reversed(layer_weight_matrix(modules[name]).shape))
+              for name in group}
+    with timer.phase("reduce"):
+        for members in sharing:
+            shared = stats[members[0]]
+            shared.count = parallel.reduce(list(shared.sums.values()), shared.count,
+                                           {owners[name] for name in members}, prefix + members[0])
+    with timer.phase("solve"):
+        mine = {prefix + name: solve_layer(modules[name], stats[name], recipe, name=prefix + name, errors=errors)
+                for name in group if owners[name] == parallel.rank}
+    with timer.phase("broadcast"):
+        return parallel.share_solutions([prefix + name for name in group], mine)
 
 
 #: The residual check of the last layer's correction: ``max|true − corrected| ≤ RESIDUAL_CHECK_RTOL · max|true|``
@@ -337,14 +363,14 @@ def hidden_of(output) -> torch.Tensor:
 
 def _corrected_outputs(quant_runs, inputs, outputs, change):
     """The block outputs with the last layer quantized, ``output + X̃ (Q − W)ᵀ``, if batch 0 confirms that
-    the block adds that layer's output to its own; else None."""
+    the block adds that layer's output to its own; else None. Every batch, batch 0 included, takes the
+    corrected value, so a window's stream does not depend on its position (a data-parallel share)."""
     with torch.no_grad():
         corrected = [output + (x @ change).reshape(output.shape) for x, output in zip(inputs, outputs)]
         true = hidden_of(quant_runs[0]())
     scale = float(true.abs().max())
     if float((true - corrected[0]).abs().max()) > RESIDUAL_CHECK_RTOL * max(scale, 1e-30):
         return None
-    corrected[0] = true
     return corrected
 
 

@@ -29,8 +29,8 @@ from . import X_MODES
 from .actquant import InputTransform
 from .hessians import kronecker_factors
 from .hooks import StopForward, run_until_stopped, temporary_hooks
-from .layerwise import PhaseTimer, float_copy, needed_statistics, quantize_layers_in_block, set_layer_weight, \
-    solve_layer, supported_layers
+from .layerwise import PhaseTimer, float_copy, layer_weight_matrix, needed_statistics, quantize_layers_in_block, \
+    set_layer_weight, solve_layer, supported_layers
 
 __all__ = [
     "find_block_list",
@@ -138,6 +138,7 @@ def quantize_causal_lm(
     seed: int = 0,
     progress: bool = True,
     on_block=None,
+    parallel=None,
 ) -> dict:
     """Quantize every supported layer inside the decoder blocks of ``model`` in place.
 
@@ -153,6 +154,10 @@ def quantize_causal_lm(
     labels sampled from its own softmax (``seed``; :mod:`.hessians`), and rounds every layer with them;
     its report's errors are YAQA's objective from the same factors. ``on_block(index, float_stream, quant_stream)`` sees both
     streams (lists of hidden-state batches; the float one None where it is not kept) after each block.
+    ``parallel`` (a :class:`~.distributed.DataParallel`, one per rank): this rank runs on its share of
+    ``calibration`` (the same full set on every rank), statistics are reduced to each layer's owner, which
+    solves it and broadcasts the solution; every rank ends with the same quantized model and report (its
+    layers record their ``owner``), and only rank 0 shows progress.
     Returns the report (``layers``: one entry per layer; ``results``: ``{name: QuantResult}``;
     ``time_split_s``: seconds per phase).
     """
@@ -165,25 +170,31 @@ def quantize_causal_lm(
                        or calibration.shape[0] == 0):
         raise ValueError("calibration must be a non-empty 2-D tensor of token ids (n_windows × seq_len)")
     blocks_name, block_list = resolve_block_list(model, blocks)
+    windows = calibration
+    if parallel is not None:
+        progress = progress and parallel.is_main
+        if statistics:
+            calibration = parallel.share(calibration)
     model.eval()
     start = time.perf_counter()
     timer = PhaseTimer()
     factors = None
     if "H_out" in statistics:  # YAQA: the float model's gradients, before any activation quantizer exists
         with timer.phase("gradients"):
-            factors = kronecker_factors(model, calibration, _block_layers(block_list, blocks_name), seed=seed,
-                                        progress=progress)
+            factors = kronecker_factors(model, calibration, _block_layers(block_list, blocks_name),
+                                        seed=seed, progress=progress, average=parallel is None,
+                                        first_window=0 if parallel is None else parallel.first_window(windows))
     if recipe.act_bits is not None:
         for block in block_list:
             for layer in supported_layers(block).values():
                 _add_act_quantizer(layer, recipe.act_bits)
     bar = progress_bar(sum(len(supported_layers(b)) for b in block_list), "quantize", "layer", enabled=progress)
     if factors is not None:
-        outcome = _round_with_factors(block_list, blocks_name, recipe, factors, errors, timer, bar)
+        outcome = _round_with_factors(block_list, blocks_name, recipe, factors, errors, timer, bar, parallel)
     elif statistics:
         outcome = _two_stream_pipeline(model, block_list, blocks_name, calibration, recipe, x_mode=x_mode,
                                        batch_size=batch_size, stats_dtype=stats_dtype, product_dtype=product_dtype,
-                                       errors=errors, timer=timer, bar=bar, on_block=on_block)
+                                       errors=errors, timer=timer, bar=bar, on_block=on_block, parallel=parallel)
     else:
         outcome = _round_without_calibration(block_list, blocks_name, recipe, timer, bar)
     results = {name: result for name, (result, _) in outcome.items()}
@@ -192,8 +203,9 @@ def quantize_causal_lm(
     return {
         "blocks": blocks_name,
         "x_mode": x_mode,
-        "calibration_windows": 0 if calibration is None else int(calibration.shape[0]),
-        "calibration_seq_len": 0 if calibration is None else int(calibration.shape[1]),
+        "calibration_windows": 0 if windows is None else int(windows.shape[0]),
+        "calibration_seq_len": 0 if windows is None else int(windows.shape[1]),
+        "world_size": 1 if parallel is None else parallel.world_size,
         "calibration_forwards": bool(statistics),
         "recipe": recipe.resolved().to_dict(),
         "statistics": list(statistics),
@@ -212,15 +224,32 @@ def _block_layers(block_list, blocks_name: str) -> dict:
 
 
 def _round_with_factors(block_list, blocks_name: str, recipe: Recipe, factors: dict, errors: bool, timer: PhaseTimer,
-                        bar) -> dict:
-    """YAQA: every layer rounded with its Kronecker factors (from the float model; no streams needed)."""
+                        bar, parallel=None) -> dict:
+    """YAQA: every layer rounded with its Kronecker factors (from the float model; no streams needed).
+    Data-parallel: the ranks' factor sums are reduced to each layer's owner, which averages them and solves
+    its layers while the others solve theirs; then the solutions are broadcast."""
+    layers = _block_layers(block_list, blocks_name)
+    owned = layers
+    if parallel is not None:
+        owners = {name: parallel.owner(name, *reversed(layer_weight_matrix(layer).shape))
+                  for name, layer in layers.items()}
+        with timer.phase("reduce"):
+            for name, factor in factors.items():
+                factor.count = parallel.reduce([factor.H, factor.H_out], factor.count, {owners[name]}, name)
+        owned = {name: layer for name, layer in layers.items() if owners[name] == parallel.rank}
     outcome = {}
-    for name, layer in _block_layers(block_list, blocks_name).items():
+    for name, layer in owned.items():
+        factor = factors.pop(name)
         with timer.phase("solve"):
-            result, report = solve_layer(layer, factors.pop(name), recipe, name=name, errors=errors)
-            set_layer_weight(layer, result.weight)
-        outcome[name] = (result, report)
+            outcome[name] = solve_layer(layer, factor if parallel is None else factor.finish(), recipe, name=name,
+                                        errors=errors)
         bar.update(1)
+    if parallel is not None:
+        with timer.phase("broadcast"):
+            outcome = parallel.share_solutions(list(layers), outcome)
+        bar.update(len(layers) - len(owned))
+    for name, (result, _) in outcome.items():
+        set_layer_weight(layers[name], result.weight)
     return outcome
 
 
@@ -239,7 +268,7 @@ def _round_without_calibration(block_list, blocks_name: str, recipe: Recipe, tim
 
 def _two_stream_pipeline(model, block_list, blocks_name: str, calibration, recipe: Recipe, *, x_mode: str,
                          batch_size: int, stats_dtype: str, product_dtype, errors: bool, timer: PhaseTimer, bar,
-                         on_block) -> dict:
+                         on_block, parallel) -> dict:
     """Block after block: statistics from the float and the quantized stream, solves, both streams advance
     (the float one only where X is needed)."""
     needs_x = any(name in needed_statistics(recipe, errors) for name in ("G", "H_float"))
@@ -257,7 +286,7 @@ def _two_stream_pipeline(model, block_list, blocks_name: str, calibration, recip
             [_block_call(block, *run) for run in zip(quant_stream, contexts[index])],
             recipe, prefix=prefix, stats_dtype=stats_dtype, product_dtype=product_dtype, errors=errors,
             keep_float_outputs=needs_x and x_mode == "float", advance=True, on_layer=lambda name: bar.update(1),
-            timer=timer,
+            timer=timer, parallel=parallel,
         )
         outcome.update(solved)
         if float_outputs is not None:
