@@ -82,6 +82,10 @@ def register(subparsers) -> None:
                  metavar="N", group=lm_group,
                  help="YAQA only: the first N calibration windows give the Kronecker factors (one forward and "
                       "backward of the float model each)")
+    settings.add_switch("--onload", "onload", False, "read one decoder block at a time from the checkpoint's "
+                        "safetensors, write it out and free it (memory independent of depth; dense output in "
+                        "shards; docs/scale.md)", off=("--no-onload", "load the whole model (default)"),
+                        group=lm_group)
     settings.add("--dist-timeout", dest="dist_timeout", default=DEFAULT_DIST_TIMEOUT_S, type=parse_float, metavar="S",
                  group=lm_group, help="under torchrun (data-parallel calibration, docs/scale.md): seconds a collective "
                                       "waits for the other ranks before the run fails")
@@ -173,10 +177,8 @@ def quantize_lm(args) -> int:
 def _quantize_lm(args, parallel) -> int:
     import torch
 
-    from .data import check_model_name, load_float_model, load_tokenizer, model_folder, quiet_transformers
-    from .lm import quantize_causal_lm
-    from .rotation import rotate_llama
-    from .smoothquant import check_smoothquant_alpha, smooth_llama
+    from .data import check_model_name, load_tokenizer, model_folder, quiet_transformers
+    from .smoothquant import check_smoothquant_alpha
 
     started = time.perf_counter()
     values = args.settings.resolve(args)
@@ -202,6 +204,8 @@ def _quantize_lm(args, parallel) -> int:
         quiet_transformers()
     if args.gguf_type is not None and args.format != "gguf":
         raise ValueError("--gguf-type applies to --format gguf only")
+    if values["onload"]:
+        _check_onload(args, values, recipe)
     status(f"loading {args.model}", enabled=not quiet)
     folder = model_folder(args.model)
     tokenizer = load_tokenizer(folder)
@@ -213,10 +217,62 @@ def _quantize_lm(args, parallel) -> int:
                              "calibration": _fingerprint(calibration)})
         parallel.share(calibration if "H_out" not in recipe.solver.statistics
                        else calibration[: values["hessian_sequences"]])  # more ranks than windows: refused now
+    start = time.perf_counter()
+    if values["onload"]:
+        from .onload import quantize_causal_lm_onloaded
+
+        status("output format: dense (--onload: one block at a time from the checkpoint)", enabled=not quiet)
+        report = quantize_causal_lm_onloaded(folder, calibration, recipe, args.output, tokenizer=tokenizer,
+                                             overwrite=args.overwrite, base_model_name=args.model, parallel=parallel,
+                                             x_mode=values["x_mode"], errors=report_path is not None,
+                                             seed=values["seed"], progress=not quiet)
+        report["total_time_s"] = time.perf_counter() - start
+        if not main_rank:
+            return 0
+        report["peak_memory_mib"] = _peak_memory_mib()
+    else:
+        report = _quantize_in_memory(args, values, recipe, folder, tokenizer, calibration, report_path, parallel,
+                                     quiet, start)
+        if report is None:
+            return 0
+    layers = report["layers"]
+    summary = {
+        "output": str(args.output), "onnx": None if args.onnx is None else str(args.onnx), "layers": len(layers),
+        "quantization_time_s": round(report["total_time_s"], 2), "peak_memory_mib": round(report["peak_memory_mib"], 1),
+        "mean_rel_error": _mean(layer["rel_error"] for layer in layers),
+        "mean_rel_error_rtn": _mean(layer["rel_error_rtn"] for layer in layers),
+        "recipe": report["recipe"], "x_mode": values["x_mode"],
+        "calibration_windows": report["calibration_windows"], "seq_len": report["calibration_seq_len"],
+        "world_size": report["world_size"],
+    }
+    if report_path is not None:
+        write_json_atomic(report_path, {**summary, "layers": layers}, overwrite=args.overwrite)
+    lines = layer_table(layers) + [
+        f"layers quantized: {len(layers)} ({recipe.solver.algorithm}, {summary['calibration_windows']} × {summary['seq_len']} "
+        f"calibration tokens, x_mode {values['x_mode']}, {report['total_time_s']:.1f} s, peak RSS "
+        f"{report['peak_memory_mib']:.0f} MiB" + (f", {report['world_size']} ranks" if parallel else "") + ")",
+        f"mean relative output error: {summary['mean_rel_error']:.4f} (RTN on the same grids: "
+        f"{summary['mean_rel_error_rtn']:.4f})" if summary["mean_rel_error"] is not None else
+        "layer output errors: not computed (pass --report FILE for them)",
+        f"wrote {args.output}" + (f" and {args.onnx}" if args.onnx is not None else ""),
+        f"total {time.perf_counter() - started:.1f} s",
+    ]
+    emit(summary, lines, args.json)
+    return 0
+
+
+def _quantize_in_memory(args, values: dict, recipe: Recipe, folder, tokenizer, calibration, report_path, parallel,
+                        quiet: bool, start: float) -> dict | None:
+    """Load the whole model, quantize it and write the output in its format; the report (None on ranks
+    other than 0, which write nothing)."""
+    from .data import load_float_model
+    from .lm import quantize_causal_lm
+    from .rotation import rotate_llama
+    from .smoothquant import smooth_llama
+
     model = load_float_model(folder)
     output_format, recipe = _output_format(args.format, args.gguf_type, recipe, values, model, values["blocks"])
     status(f"output format: {output_format}", enabled=not quiet)
-    start = time.perf_counter()
     transforms = {}
     if values["smoothquant"] is not None:
         transforms["smoothquant"] = smooth_llama(model, calibration, values["smoothquant"])
@@ -228,8 +284,8 @@ def _quantize_lm(args, parallel) -> int:
                                 errors=report_path is not None or "H_out" in recipe.solver.statistics,
                                 seed=values["seed"], progress=not quiet, parallel=parallel)
     report["total_time_s"] = time.perf_counter() - start
-    if not main_rank:
-        return 0
+    if parallel is not None and not parallel.is_main:
+        return None
     report["peak_memory_mib"] = _peak_memory_mib()
     report["format"] = output_format
     _write_output(output_format, args, model, report, tokenizer, transforms, folder)
@@ -237,30 +293,20 @@ def _quantize_lm(args, parallel) -> int:
         from .onnx_export import export_causal_lm_onnx
 
         export_causal_lm_onnx(model, args.onnx, seq_len=values["seq_len"], overwrite=args.overwrite)
-    layers = report["layers"]
-    summary = {
-        "output": str(args.output), "onnx": None if args.onnx is None else str(args.onnx), "layers": len(layers),
-        "quantization_time_s": round(report["total_time_s"], 2), "peak_memory_mib": round(report["peak_memory_mib"], 1),
-        "mean_rel_error": _mean(layer["rel_error"] for layer in layers),
-        "mean_rel_error_rtn": _mean(layer["rel_error_rtn"] for layer in layers),
-        "recipe": recipe.to_dict(), "x_mode": values["x_mode"],
-        "calibration_windows": int(calibration.shape[0]), "seq_len": int(calibration.shape[1]),
-        "world_size": report["world_size"],
-    }
-    if report_path is not None:
-        write_json_atomic(report_path, {**summary, "layers": layers}, overwrite=args.overwrite)
-    lines = layer_table(layers) + [
-        f"layers quantized: {len(layers)} ({recipe.solver.algorithm}, {calibration.shape[0]} × {calibration.shape[1]} "
-        f"calibration tokens, x_mode {values['x_mode']}, {report['total_time_s']:.1f} s, peak RSS "
-        f"{report['peak_memory_mib']:.0f} MiB" + (f", {report['world_size']} ranks" if parallel else "") + ")",
-        f"mean relative output error: {summary['mean_rel_error']:.4f} (RTN on the same grids: "
-        f"{summary['mean_rel_error_rtn']:.4f})" if summary["mean_rel_error"] is not None else
-        "layer output errors: not computed (pass --report FILE for them)",
-        f"wrote {args.output}" + (f" and {args.onnx}" if args.onnx is not None else ""),
-        f"total {time.perf_counter() - started:.1f} s",
-    ]
-    emit(summary, lines, args.json)
-    return 0
+    return report
+
+
+def _check_onload(args, values: dict, recipe: Recipe) -> None:
+    """ValueError for what block-by-block onloading cannot do (before anything is loaded)."""
+    if "H_out" in recipe.solver.statistics:
+        raise ValueError("--onload: YAQA needs the gradients of the whole model; load it fully (no --onload)")
+    if values["hadamard"] or values["smoothquant"] is not None:
+        raise ValueError("--onload: the Hadamard rotation and SmoothQuant transform the whole model; load it fully")
+    if args.format not in ("auto", "dense") or args.onnx is not None:
+        raise ValueError("--onload writes the dense folder (in shards); convert it with `qronos export` "
+                         "(no --format other than dense, no --onnx)")
+    if values["blocks"] is not None:
+        raise ValueError("--onload finds the decoder blocks itself (no --blocks)")
 
 
 def _fingerprint(windows) -> str:

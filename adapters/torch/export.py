@@ -753,9 +753,7 @@ def read_dense_folder(folder) -> tuple[dict, dict | None, dict]:
     """``(record, report, results)`` of a folder written by ``qronos quantize-lm`` (``save_quantized``):
     quantization.json, quantization_report.json (None if absent) and ``{layer: LayerCodes}`` from
     quantization.safetensors. Loads no model."""
-    from safetensors.torch import load_file
-
-    from .save import FORMAT, QUANTIZATION_TENSORS
+    from .save import FORMAT, load_quantization_tensors
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -766,7 +764,7 @@ def read_dense_folder(folder) -> tuple[dict, dict | None, dict]:
     record = json.loads(record_path.read_text())
     if record.get("format") != FORMAT:
         raise ValueError(f"{record_path}: unknown format {record.get('format')!r} (expected {FORMAT!r})")
-    tensors = load_file(str(folder / QUANTIZATION_TENSORS))
+    tensors = load_quantization_tensors(folder)
     results = {}
     for name, layer in record["layers"].items():
         transform = layer.get("input_transform") or {}

@@ -14,6 +14,7 @@ stream, plus one float copy of the current block.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import Counter
@@ -74,14 +75,17 @@ def resolve_block_list(model: nn.Module, blocks: str | None) -> tuple[str, nn.Mo
     return blocks, modules[blocks]
 
 
-def capture_block_inputs(model: nn.Module, block_list: nn.ModuleList, windows: torch.Tensor, batch_size: int):
+def capture_block_inputs(model: nn.Module, block_list: nn.ModuleList, windows: torch.Tensor, batch_size: int,
+                         onloader=None):
     """``(hidden, contexts)``: the hidden states entering the first block, one tensor per batch of token
     windows (n × seq), and ``contexts[b][i] = (other positional args, keyword args)`` that block b receives
     for batch i. Blocks may differ in these (Gemma 3 alternates sliding-window and global attention, with
     different masks and rotary tables), so each block's are recorded. They depend on the batch's shape
     only (causal masks and rotary tables of token ids without padding), so one float forward, stopped at
     the last block, records them for the first batch of each shape, and every other batch runs only the
-    embeddings (it stops at the first block). The contexts are shared references, not copies."""
+    embeddings (it stops at the first block). The contexts are shared references, not copies. With an
+    ``onloader`` (:class:`~.onload.BlockOnloader`) each block that runs is loaded just before and released
+    after."""
     hidden, contexts = [], [[] for _ in block_list]
     recorded: dict[tuple, list] = {}  # batch shape → the (args, kwargs) of every block
     last = len(block_list) - 1
@@ -102,7 +106,13 @@ def capture_block_inputs(model: nn.Module, block_list: nn.ModuleList, windows: t
 
         return hook
 
-    with temporary_hooks(dict(enumerate(block_list)), recorder, with_kwargs=True), torch.no_grad():
+    blocks = dict(enumerate(block_list))
+    load, release = onloader.hooks() if onloader is not None else (None, None)
+    with contextlib.ExitStack() as stack, torch.no_grad():
+        stack.enter_context(temporary_hooks(blocks, recorder, with_kwargs=True))
+        if onloader is not None:  # after the recorder, which may stop the forward before the block runs
+            stack.enter_context(temporary_hooks(blocks, load, with_kwargs=True))
+            stack.enter_context(temporary_hooks(blocks, release, kind="post", with_kwargs=True))
         for start in range(0, windows.shape[0], batch_size):
             batch = windows[start : start + batch_size]
             run_until_stopped(lambda: model(input_ids=batch, use_cache=False))
@@ -139,6 +149,7 @@ def quantize_causal_lm(
     progress: bool = True,
     on_block=None,
     parallel=None,
+    onloader=None,
 ) -> dict:
     """Quantize every supported layer inside the decoder blocks of ``model`` in place.
 
@@ -157,7 +168,9 @@ def quantize_causal_lm(
     ``parallel`` (a :class:`~.distributed.DataParallel`, one per rank): this rank runs on its share of
     ``calibration`` (the same full set on every rank), statistics are reduced to each layer's owner, which
     solves it and broadcasts the solution; every rank ends with the same quantized model and report (its
-    layers record their ``owner``), and only rank 0 shows progress.
+    layers record their ``owner``), and only rank 0 shows progress. ``onloader`` (a
+    :class:`~.onload.BlockOnloader`; ``model`` then a skeleton on ``meta``): each block is read from the
+    checkpoint before it runs and written and freed once quantized; the report's ``results`` stay empty.
     Returns the report (``layers``: one entry per layer; ``results``: ``{name: QuantResult}``;
     ``time_split_s``: seconds per phase).
     """
@@ -179,6 +192,8 @@ def quantize_causal_lm(
     start = time.perf_counter()
     timer = PhaseTimer()
     factors = None
+    if "H_out" in statistics and onloader is not None:
+        raise ValueError("YAQA needs the gradients of the whole model, not one block at a time")
     if "H_out" in statistics:  # YAQA: the float model's gradients, before any activation quantizer exists
         with timer.phase("gradients"):
             factors = kronecker_factors(model, calibration, _block_layers(block_list, blocks_name),
@@ -194,10 +209,11 @@ def quantize_causal_lm(
     elif statistics:
         outcome = _two_stream_pipeline(model, block_list, blocks_name, calibration, recipe, x_mode=x_mode,
                                        batch_size=batch_size, stats_dtype=stats_dtype, product_dtype=product_dtype,
-                                       errors=errors, timer=timer, bar=bar, on_block=on_block, parallel=parallel)
+                                       errors=errors, timer=timer, bar=bar, on_block=on_block, parallel=parallel,
+                                       onloader=onloader)
     else:
-        outcome = _round_without_calibration(block_list, blocks_name, recipe, timer, bar)
-    results = {name: result for name, (result, _) in outcome.items()}
+        outcome = _round_without_calibration(block_list, blocks_name, recipe, timer, bar, onloader)
+    results = {name: result for name, (result, _) in outcome.items() if result is not None}
     reports = [report for _, report in outcome.values()]
     bar.close()
     return {
@@ -253,31 +269,46 @@ def _round_with_factors(block_list, blocks_name: str, recipe: Recipe, factors: d
     return outcome
 
 
-def _round_without_calibration(block_list, blocks_name: str, recipe: Recipe, timer: PhaseTimer, bar) -> dict:
+def _round_without_calibration(block_list, blocks_name: str, recipe: Recipe, timer: PhaseTimer, bar,
+                               onloader=None) -> dict:
     """A recipe without statistics (RTN, no errors): every layer rounded from its weights alone."""
     outcome = {}
     for index, block in enumerate(block_list):
+        if onloader is not None:
+            onloader.load(index)
+        solved = {}
         for name, layer in supported_layers(block).items():
             with timer.phase("solve"):
                 result, report = solve_layer(layer, None, recipe, name=f"{blocks_name}.{index}.{name}", errors=False)
                 set_layer_weight(layer, result.weight)
-            outcome[report["name"]] = (result, report)
+            solved[report["name"]] = (result, report)
             bar.update(1)
+        outcome.update(_stored(index, solved, onloader))
     return outcome
+
+
+def _stored(index: int, solved: dict, onloader) -> dict:
+    """``solved`` as the outcome keeps it: as is, or with an onloader written out, freed, reports only."""
+    if onloader is None:
+        return solved
+    onloader.store(index, solved)
+    return {name: (None, report) for name, (_, report) in solved.items()}
 
 
 def _two_stream_pipeline(model, block_list, blocks_name: str, calibration, recipe: Recipe, *, x_mode: str,
                          batch_size: int, stats_dtype: str, product_dtype, errors: bool, timer: PhaseTimer, bar,
-                         on_block, parallel) -> dict:
+                         on_block, parallel, onloader) -> dict:
     """Block after block: statistics from the float and the quantized stream, solves, both streams advance
     (the float one only where X is needed)."""
     needs_x = any(name in needed_statistics(recipe, errors) for name in ("G", "H_float"))
     with timer.phase("float_forward"):
-        quant_stream, contexts = capture_block_inputs(model, block_list, calibration, batch_size)
+        quant_stream, contexts = capture_block_inputs(model, block_list, calibration, batch_size, onloader)
     float_stream = (list(quant_stream) if x_mode == "float" else quant_stream) if needs_x else None
     outcome = {}
     for index, block in enumerate(block_list):
         prefix = f"{blocks_name}.{index}."
+        if onloader is not None:
+            onloader.load(index)
         float_block = float_copy(block) if needs_x else None
         source = float_stream if x_mode == "float" else quant_stream
         solved, float_outputs, quant_outputs = quantize_layers_in_block(
@@ -288,7 +319,7 @@ def _two_stream_pipeline(model, block_list, blocks_name: str, calibration, recip
             keep_float_outputs=needs_x and x_mode == "float", advance=True, on_layer=lambda name: bar.update(1),
             timer=timer, parallel=parallel,
         )
-        outcome.update(solved)
+        outcome.update(_stored(index, solved, onloader))
         if float_outputs is not None:
             float_stream = _checked(float_outputs, "float", prefix[:-1])
         quant_stream = _checked(quant_outputs, "quantized", prefix[:-1])

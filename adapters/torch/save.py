@@ -12,6 +12,10 @@ Folder layout:
   ``<name>.zero`` (out × n_groups, float64) — exactly ``grid.scale``, ``grid.zero`` and the codes;
 - ``quantization_report.json``: the per-layer report (errors, samples, times).
 
+A folder written block by block (:mod:`.onload`) holds the same tensors in shards:
+``model-0000k-of-0000n.safetensors`` with ``model.safetensors.index.json`` (the Hugging Face layout) and
+``quantization-0000k-of-0000n.safetensors`` with ``quantization.safetensors.index.json``.
+
 The folder is written under a temporary name and renamed at the end.
 """
 
@@ -30,12 +34,13 @@ from .actquant import InputTransform, install_input_transforms
 from .hadamard import RandomizedHadamard
 from .layerwise import set_layer_weight
 
-__all__ = ["FORMAT", "QUANTIZATION_JSON", "QUANTIZATION_TENSORS", "REPORT_JSON", "save_quantized",
-           "load_quantized", "input_transform_specs"]
+__all__ = ["FORMAT", "QUANTIZATION_JSON", "QUANTIZATION_TENSORS", "QUANTIZATION_INDEX", "REPORT_JSON",
+           "save_quantized", "load_quantized", "input_transform_specs", "load_quantization_tensors"]
 
 FORMAT = "qronos_linalg.quantized_lm/1"
 QUANTIZATION_JSON = "quantization.json"
 QUANTIZATION_TENSORS = "quantization.safetensors"
+QUANTIZATION_INDEX = "quantization.safetensors.index.json"
 REPORT_JSON = "quantization_report.json"
 
 
@@ -69,26 +74,14 @@ def save_quantized(model: nn.Module, out_dir, report: dict, *, tokenizer=None, t
     state = dict(model.state_dict())  # shared (tied) tensors stay shared, so they are saved once
     tensors, layers = {}, {}
     for name, result in results.items():
-        spec = specs.get(name, {"online_hadamard": None, "act_bits": None})
+        spec = specs.get(name, NO_INPUT_TRANSFORM)
         weight_key = f"{name}.weight"
         if spec["online_hadamard"] is not None:
             rotation = RandomizedHadamard.from_spec(spec["online_hadamard"])
             state[weight_key] = _unrotate_rows(result.weight, rotation).to(state[weight_key].dtype).reshape(
                 state[weight_key].shape)
-        tensors[f"{name}.codes"] = result.codes.to(torch.uint8).contiguous()
-        tensors[f"{name}.scale"] = torch.as_tensor(result.grid.scale, dtype=torch.float64).contiguous()
-        tensors[f"{name}.zero"] = torch.as_tensor(result.grid.zero, dtype=torch.float64).contiguous()
-        layers[name] = {
-            "shape": list(result.codes.shape),
-            "weight_shape": list(state[weight_key].shape),
-            "bits": result.grid.bits,
-            "group_size": result.grid.group_size,
-            "narrow_range": result.grid.narrow_range,
-            "algorithm": result.algorithm,
-            "damp": result.damp,
-            "input_transform": spec,
-            "saved_weight": "dequantized_times_rotation_transposed" if spec["online_hadamard"] else "dequantized",
-        }
+        tensors.update(quantization_tensors(name, result))
+        layers[name] = layer_entry(result, spec, list(state[weight_key].shape))
     record = quantization_record(report, layers=layers, input_transforms=specs, transforms=transforms,
                                  base_model=base_model, base_model_name=base_model_name)
     with atomic_output(out_dir, overwrite=overwrite) as temporary:
@@ -102,6 +95,46 @@ def save_quantized(model: nn.Module, out_dir, report: dict, *, tokenizer=None, t
         summary = {key: value for key, value in report.items() if key not in ("layers", "results")}
         (temporary / REPORT_JSON).write_text(json.dumps({**summary, "layers": layer_reports}, indent=2))
     return out_dir
+
+
+#: The input transform of a layer without one.
+NO_INPUT_TRANSFORM = {"online_hadamard": None, "act_bits": None}
+
+
+def quantization_tensors(name: str, result) -> dict:
+    """A layer's ``<name>.codes`` (uint8), ``<name>.scale`` and ``<name>.zero`` (float64): its exact grid."""
+    return {f"{name}.codes": result.codes.to(torch.uint8).contiguous(),
+            f"{name}.scale": torch.as_tensor(result.grid.scale, dtype=torch.float64).contiguous(),
+            f"{name}.zero": torch.as_tensor(result.grid.zero, dtype=torch.float64).contiguous()}
+
+
+def layer_entry(result, spec: dict, weight_shape: list) -> dict:
+    """A layer's entry in ``quantization.json``."""
+    return {
+        "shape": list(result.codes.shape),
+        "weight_shape": weight_shape,
+        "bits": result.grid.bits,
+        "group_size": result.grid.group_size,
+        "narrow_range": result.grid.narrow_range,
+        "algorithm": result.algorithm,
+        "damp": result.damp,
+        "input_transform": spec,
+        "saved_weight": "dequantized_times_rotation_transposed" if spec["online_hadamard"] else "dequantized",
+    }
+
+
+def load_quantization_tensors(folder: Path) -> dict:
+    """Every layer's codes, scales and zeros of a saved folder: ``quantization.safetensors``, or the shards
+    of ``quantization.safetensors.index.json`` (a folder written block by block, :mod:`.onload`)."""
+    from safetensors.torch import load_file
+
+    index = folder / QUANTIZATION_INDEX
+    if not index.exists():
+        return load_file(str(folder / QUANTIZATION_TENSORS))
+    tensors = {}
+    for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+        tensors.update(load_file(str(folder / shard)))
+    return tensors
 
 
 def quantization_record(report: dict, *, layers: dict, input_transforms: dict, transforms: dict | None = None,
@@ -132,7 +165,6 @@ def load_quantized(folder, *, dtype=torch.float32):
     for layers with an online rotation, the weight set back to the exact dequantized codes; a
     compressed-tensors or GGUF folder (``qronos export`` / ``quantize-lm --format``) through its reader.
     Returns ``(model, record)`` (``record`` is None for a plain HF folder)."""
-    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     folder = Path(folder)
@@ -149,7 +181,7 @@ def load_quantized(folder, *, dtype=torch.float32):
         return model, None
     if record.get("format") != FORMAT:
         raise ValueError(f"{record_path}: unknown format {record.get('format')!r} (expected {FORMAT!r})")
-    tensors = load_file(str(folder / QUANTIZATION_TENSORS))
+    tensors = load_quantization_tensors(folder)
     modules = dict(model.named_modules())
     for name, layer in record["layers"].items():
         if layer["input_transform"]["online_hadamard"] is None:
