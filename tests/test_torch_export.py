@@ -16,7 +16,7 @@ from qronos_linalg import UniformGrid, cli  # noqa: E402
 from qronos_linalg.adapters.torch import export as ex  # noqa: E402
 from qronos_linalg.adapters.torch import export_cli  # noqa: E402
 from qronos_linalg.adapters.torch.lm import quantize_causal_lm  # noqa: E402
-from qronos_linalg.adapters.torch.save import save_quantized  # noqa: E402
+from qronos_linalg.adapters.torch.save import load_quantized, save_quantized  # noqa: E402
 
 #: Dimensions where groups of 32 and 64 fit every linear (in_features 64 and 128).
 HIDDEN, INTERMEDIATE = 64, 128
@@ -317,9 +317,29 @@ def test_a_model_whose_weights_are_not_its_codes_or_that_quantizes_activations_i
     report = quantize_causal_lm(model, calibration, recipe(algo="rtn", bits=4, group_size=32, sym=True,
                                                            scale_dtype="float16", act_bits=8), errors=False,
                                 progress=False)
-    with pytest.raises(ValueError, match="input transform"):
+    with pytest.raises(ValueError, match="activation quantization .*GGUF stores weights only"):
         ex.write_gguf(model, report["results"], tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("sym", [True, False])
+def test_compressed_tensors_holds_per_token_activation_quantization(tmp_path, windows, sym):
+    """The file's input-activation scheme (int, dynamic, per token, asymmetric) is this project's quantizer:
+    the packed reader (symmetric weights) computes the in-memory act-quantized model's logits; the
+    ``dequantize=True`` reader (asymmetric weights on CPU) loads a plain float model, which verify says."""
+    model = tiny_llama(hidden=HIDDEN, intermediate=INTERMEDIATE)
+    report = quantize_causal_lm(model, torch.randint(0, 256, (2, 16)), recipe(
+        algo="rtn", bits=4, group_size=32, sym=sym, scale_dtype="float32", act_bits=4), errors=False, progress=False)
+    out = ex.write_compressed_tensors(model, report["results"], tmp_path / "ct", tokenizer=byte_tokenizer())
+    group = json.loads((out / "config.json").read_text())["quantization_config"]["config_groups"]["group_0"]
+    assert {key: group["input_activations"][key] for key in ("num_bits", "type", "symmetric", "dynamic", "strategy")} \
+        == {"num_bits": 4, "type": "int", "symmetric": False, "dynamic": True, "strategy": "token"}
+    check = ex.verify_export(out, model, report["results"], windows)
+    assert check["weights_exact"] and check["max_logit_diff"] <= LOGIT_TOL
+    if sym:
+        assert check["activations"] == "applied by the reader" and check["max_logit_diff_quantized"] <= LOGIT_TOL
+    else:  # 4-bit activations change the logits by far more than float rounding: the reader dropped them
+        assert check["activations"] == "dropped by the reader" and check["max_logit_diff_quantized"] > 1e-2
 
 
 # -------------------------------------------------------------------------------------------- command line
@@ -448,3 +468,22 @@ def test_quantize_lm_falls_back_to_dense_or_refuses_a_format_the_recipe_cannot_f
     assert cli.main(["quantize-lm", str(model_dir), "--bits", "3", "--format", "compressed-tensors",
                      "-o", str(tmp_path / "c"), *flags]) == 2
     assert "3-bit weights cannot be exported" in capsys.readouterr().err and not (tmp_path / "c").exists()
+
+
+def test_export_of_an_activation_quantized_folder_keeps_its_scheme_in_compressed_tensors_only(tmp_path, windows,
+                                                                                             capsys):
+    pytest.importorskip("compressed_tensors")
+    folder = dense_folder(tmp_path / "a8", bits=4, group_size=32, sym=True, scale_dtype="float32", act_bits=8)
+    assert cli.main(["export", str(folder), "--format", "compressed-tensors", "-o", str(tmp_path / "ct"),
+                     "--quiet"]) == 0
+    group = json.loads((tmp_path / "ct" / "config.json").read_text())["quantization_config"]["config_groups"]
+    assert group["group_0"]["input_activations"]["num_bits"] == 8
+    dense, _ = load_quantized(folder)
+    exported, reader = ex.load_exported(tmp_path / "ct")
+    assert reader.endswith("(packed)")
+    with torch.no_grad():
+        difference = (dense(input_ids=windows).logits - exported(input_ids=windows).logits).abs().max().item()
+    assert difference <= LOGIT_TOL
+    capsys.readouterr()
+    assert cli.main(["export", str(folder), "--format", "gguf", "-o", str(tmp_path / "g"), "--quiet"]) == 2
+    assert "GGUF stores weights only" in capsys.readouterr().err and not (tmp_path / "g").exists()

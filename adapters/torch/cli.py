@@ -329,8 +329,11 @@ def _output_format(requested: str, gguf_type, recipe: Recipe, values: dict, mode
         return "dense", recipe
     candidates = ("compressed-tensors",) if requested == "auto" else (requested,)
     reason = None
-    if recipe.act_bits is not None or values["hadamard"]:
-        reason = "weight-only formats cannot hold activation quantization or an online rotation"
+    if values["hadamard"]:
+        reason = "no export format holds an online rotation"
+    elif recipe.act_bits is not None and requested in ("auto", "gguf"):
+        reason = ("GGUF stores weights only; compressed-tensors holds activation quantization "
+                  "(--format compressed-tensors)" if requested == "gguf" else "activation quantization")
     _, block_list = resolve_block_list(model, blocks)
     widths = [layer.weight[0].numel() for block in block_list for layer in supported_layers(block).values()]
     for candidate in candidates:

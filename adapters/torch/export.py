@@ -55,6 +55,8 @@ from qronos_linalg import UniformGrid, __version__
 from qronos_linalg.grid import round_to_dtype
 from qronos_linalg.io import TEMPORARY_PREFIX, atomic_output, check_output
 
+from .actquant import install_input_transforms
+
 __all__ = [
     "FORMATS", "STORAGE_DTYPES", "CT_BITS", "GGUF_TYPES", "GGUF_BLOCK", "GGUF_FILE", "MODEL_FILE", "LayerCodes",
     "GGUFBlock", "check_compressed_tensors", "check_gguf", "write_compressed_tensors", "write_gguf",
@@ -323,9 +325,10 @@ def check_grid_spec(format: str, grid, in_features, *, gguf_type: str | None = N
         raise ValueError(f"GGUF stores unquantized tensors as {' or '.join(GGUF_FLOAT_DTYPES)}, got dtype {dtype!r}")
 
 
-def _check_model_layers(model: nn.Module, results: dict) -> None:
-    """Every result names an ``nn.Linear`` of ``model`` without an input transform, whose weight is exactly the
-    grid's values of its codes (what the model computes is what the file will hold)."""
+def _check_model_layers(model: nn.Module, results: dict, *, activations: bool = False) -> None:
+    """Every result names an ``nn.Linear`` of ``model`` without an online rotation (and, unless
+    ``activations``, without activation quantization), whose weight is exactly the grid's values of its codes
+    (what the model computes is what the file will hold)."""
     from .save import input_transform_specs
 
     modules = dict(model.named_modules())
@@ -336,9 +339,8 @@ def _check_model_layers(model: nn.Module, results: dict) -> None:
             kind = "not a module of the model" if module is None else f"a {type(module).__name__}"
             raise ValueError(f"layer {name} is {kind}; the export formats store nn.Linear weights")
         spec = transforms.get(name)
-        if spec is not None and (spec.get("online_hadamard") or spec.get("act_bits") is not None):
-            raise ValueError(f"layer {name} has an input transform (online rotation or activation quantization: "
-                             f"{spec}) that weight-only formats cannot store; export weight-only models")
+        if spec is not None and (spec.get("online_hadamard") or (spec.get("act_bits") is not None and not activations)):
+            raise ValueError(_transform_refusal(name, spec))
         weight = module.weight.detach()
         if tuple(weight.shape) != tuple(result.codes.shape):
             raise ValueError(f"layer {name}: codes of shape {tuple(result.codes.shape)} do not match its weight of "
@@ -415,9 +417,16 @@ def pack_int32(values: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.where(words >= 2 ** 31, words - 2 ** 32, words).to(torch.int32)
 
 
-def _ct_scheme(result) -> tuple:
+def _transform_refusal(name: str, spec: dict) -> str:
+    what = "an online rotation" if spec.get("online_hadamard") else "activation quantization"
+    where = ("no format stores it (quantize-lm without --hadamard)" if spec.get("online_hadamard") else
+             "GGUF stores weights only; compressed-tensors holds it (--format compressed-tensors)")
+    return f"layer {name} has {what} ({spec}): {where}"
+
+
+def _ct_scheme(result, act_bits: int | None) -> tuple:
     grid = result.grid
-    return grid.bits, grid.symmetric, grid.group_size
+    return grid.bits, grid.symmetric, grid.group_size, act_bits
 
 
 def _ct_quantization_config(schemes: dict, ignore: list[str], actorder: bool) -> dict:
@@ -427,12 +436,16 @@ def _ct_quantization_config(schemes: dict, ignore: list[str], actorder: bool) ->
     from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
 
     groups = {}
-    for index, ((bits, symmetric, group_size), names) in enumerate(sorted(schemes.items(), key=str)):
+    for index, ((bits, symmetric, group_size, act_bits), names) in enumerate(sorted(schemes.items(), key=str)):
         weights = QuantizationArgs(num_bits=bits, type="int", symmetric=symmetric, dynamic=False,
                                    strategy="channel" if group_size is None else "group", group_size=group_size,
                                    actorder="weight" if actorder else None)
+        # this project's activation quantizer: per token, dynamic, asymmetric min-max including 0
+        inputs = None if act_bits is None else QuantizationArgs(num_bits=act_bits, type="int", symmetric=False,
+                                                                dynamic=True, strategy="token")
         targets = ["Linear"] if len(schemes) == 1 else sorted(names)
-        groups[f"group_{index}"] = QuantizationScheme(targets=targets, weights=weights, format=CT_FORMAT)
+        groups[f"group_{index}"] = QuantizationScheme(targets=targets, weights=weights, input_activations=inputs,
+                                                      format=CT_FORMAT)
     config = QuantizationConfig(config_groups=groups, ignore=ignore, format=CT_FORMAT,
                                 quantization_status="compressed")
     return {"version": compressed_tensors.__version__, "quant_method": "compressed-tensors", "sparsity_config": {},
@@ -483,10 +496,13 @@ def write_compressed_tensors(model: nn.Module, results: dict, out, *, tokenizer=
     anything is written; the folder appears atomically."""
     out = check_output(out, overwrite=overwrite, what="output folder")
     dtype = check_compressed_tensors(results, dtype=dtype)
-    _check_model_layers(model, results)
+    from .save import input_transform_specs
+
+    _check_model_layers(model, results, activations=True)
+    act_bits = {name: spec.get("act_bits") for name, spec in input_transform_specs(model).items()}
     schemes: dict = {}
     for name, result in results.items():
-        schemes.setdefault(_ct_scheme(result), []).append(name)
+        schemes.setdefault(_ct_scheme(result, act_bits.get(name)), []).append(name)
     quantization_config = _ct_quantization_config(schemes, _ignored_linears(model, results), _acts_in_order(record))
     config = copy.deepcopy(model.config)
     config.dtype = TORCH_DTYPES[dtype]
@@ -503,8 +519,8 @@ def write_compressed_tensors(model: nn.Module, results: dict, out, *, tokenizer=
         _save_tokenizer(tokenizer, temporary)
         _write_records(temporary, results, record, report, {
             "format": COMPRESSED_TENSORS, "compression": CT_FORMAT, "dtype": dtype, "file": MODEL_FILE,
-            "schemes": [{"bits": bits, "symmetric": symmetric, "group_size": group_size, "layers": len(names)}
-                        for (bits, symmetric, group_size), names in schemes.items()]})
+            "schemes": [{"bits": bits, "symmetric": symmetric, "group_size": group_size, "act_bits": act,
+                         "layers": len(names)} for (bits, symmetric, group_size, act), names in schemes.items()]})
     return out
 
 
@@ -749,10 +765,11 @@ def write_gguf(model: nn.Module, results: dict, out, *, gguf_type: str | None = 
 # ------------------------------------------------------------------------------------ dense folder → formats
 
 
-def read_dense_folder(folder) -> tuple[dict, dict | None, dict]:
+def read_dense_folder(folder, *, activations: bool = False) -> tuple[dict, dict | None, dict]:
     """``(record, report, results)`` of a folder written by ``qronos quantize-lm`` (``save_quantized``):
     quantization.json, quantization_report.json (None if absent) and ``{layer: LayerCodes}`` from
-    quantization.safetensors. Loads no model."""
+    quantization.safetensors. Loads no model. Layers with activation quantization are refused unless
+    ``activations`` (the target format holds it), with an online rotation always."""
     from .save import FORMAT, load_quantization_tensors
 
     folder = Path(folder)
@@ -768,10 +785,8 @@ def read_dense_folder(folder) -> tuple[dict, dict | None, dict]:
     results = {}
     for name, layer in record["layers"].items():
         transform = layer.get("input_transform") or {}
-        if transform.get("online_hadamard") or transform.get("act_bits") is not None:
-            raise ValueError(f"layer {name} has an input transform (online rotation or activation quantization: "
-                             f"{transform}) that weight-only formats cannot store; export weight-only models "
-                             "(quantize-lm without --act-bits and --hadamard)")
+        if transform.get("online_hadamard") or (transform.get("act_bits") is not None and not activations):
+            raise ValueError(_transform_refusal(name, transform))
         grid = UniformGrid(tensors[f"{name}.scale"], tensors[f"{name}.zero"], layer["bits"],
                            group_size=layer["group_size"], narrow_range=layer["narrow_range"])
         results[name] = LayerCodes(tensors[f"{name}.codes"], grid)
@@ -819,13 +834,14 @@ def export_folder(folder, format: str, out, *, gguf_type: str | None = None, dty
     if template is not None and not Path(template).is_file():
         raise FileNotFoundError(f"GGUF template {template} does not exist")
     folder = Path(folder)
-    record, report, results = read_dense_folder(folder)
+    record, report, results = read_dense_folder(folder, activations=format == COMPRESSED_TENSORS)
     if format == COMPRESSED_TENSORS:
         _require_compressed_tensors()
         dtype = check_compressed_tensors(results, dtype=dtype)
     else:
         check_gguf(results, gguf_type=gguf_type, dtype=dtype)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    install_input_transforms(model, record.get("input_transforms") or {})
     common = dict(tokenizer=_load_tokenizer(folder), dtype=dtype, record=record, report=report, overwrite=overwrite)
     if format == COMPRESSED_TENSORS:
         write_compressed_tensors(model, results, out, **common)
@@ -915,12 +931,15 @@ def _grid_values(result, dtype: str) -> torch.Tensor:
     return result.grid.dequantize(_codes_tensor(result)).to(torch.float64).to(TORCH_DTYPES[dtype]).to(torch.float32)
 
 
-def _stored_reference(model: nn.Module, results: dict, out: Path, weight_dtype: str) -> nn.Module:
+def _stored_reference(model: nn.Module, results: dict, out: Path, weight_dtype: str, activations: bool) -> nn.Module:
     """A copy of ``model`` holding what the reader computes from the file: unquantized float tensors through
     the export's storage and back (its dtype; GGUF: norms F32, Gemma's as (1 + w) − 1), quantized weights as
-    the grid's values rounded to ``weight_dtype``."""
+    the grid's values rounded to ``weight_dtype``, and activation quantization only if the reader applies it
+    (``activations``)."""
+    from .layerwise import float_copy
+
     record = json.loads((out / QUANTIZATION_JSON).read_text())["export"]
-    reference = copy.deepcopy(model)
+    reference = copy.deepcopy(model) if activations else float_copy(model)
     fmt, storage = record["format"], TORCH_DTYPES[record["dtype"]]
     arch = GGUF_ARCHITECTURES.get(model.config.model_type)
     modules = dict(reference.named_modules())
@@ -954,7 +973,10 @@ def verify_export(out, model: nn.Module, results: dict, windows: torch.Tensor, *
       ``max_weight_diff``: max |loaded − grid value| (float32);
     - ``max_logit_diff``: to the in-memory model with the file's float tensors and weights (what the file
       describes; only summation order differs); ``max_logit_diff_quantized``: to ``model`` itself (adds the
-      storage rounding of embeddings and norms); ``top1_agreement`` with ``model``.
+      storage rounding of embeddings and norms); ``top1_agreement`` with ``model``;
+    - ``activations``: for a model with activation quantization, whether the reader applies the file's
+      activation scheme (compressed-tensors' packed mode does; ``dequantize=True`` loads a plain float model
+      and drops it, so ``max_logit_diff`` then compares with the model without it); None without any.
     """
     import time
 
@@ -964,7 +986,11 @@ def verify_export(out, model: nn.Module, results: dict, windows: torch.Tensor, *
     load_s = time.perf_counter() - start
     weight_dtype = reader_weight_dtype(out, dequantize)
     logits = _logits(loaded, windows)  # the packed mode decompresses on this first forward
-    expected = _logits(_stored_reference(model, results, out, weight_dtype), windows)
+    from .save import input_transform_specs
+
+    quantizes_inputs = any(spec.get("act_bits") is not None for spec in input_transform_specs(model).values())
+    applied = reader.endswith("(packed)")
+    expected = _logits(_stored_reference(model, results, out, weight_dtype, quantizes_inputs and applied), windows)
     quantized = _logits(model, windows)
     modules = dict(loaded.named_modules())
     exact, weight_diff = True, 0.0
@@ -975,7 +1001,9 @@ def verify_export(out, model: nn.Module, results: dict, windows: torch.Tensor, *
     return {"reader": reader, "load_s": load_s, "weight_dtype": weight_dtype, "weights_exact": exact,
             "max_weight_diff": weight_diff, "max_logit_diff": (logits - expected).abs().max().item(),
             "max_logit_diff_quantized": (logits - quantized).abs().max().item(),
-            "top1_agreement": (logits.argmax(-1) == quantized.argmax(-1)).double().mean().item()}
+            "top1_agreement": (logits.argmax(-1) == quantized.argmax(-1)).double().mean().item(),
+            "activations": (("applied by the reader" if applied else "dropped by the reader") if quantizes_inputs
+                            else None)}
 
 
 def export_sizes(out) -> dict:
