@@ -204,7 +204,7 @@ def main(argv=None) -> int:
                 print(f"{model_name} {fmt} {label} ...", file=sys.stderr, flush=True)
                 rows.append(run_row(model_name, fmt, options, writer_options, label, cache, Path(scratch)))
     lines = table(rows, floats)
-    notes = sorted({row["llama_cpp"] for row in rows if "llama_cpp" in row})
+    notes = [f"{row['model']} {row['grid']}: {row['llama_cpp']}" for row in rows if "llama_cpp" in row]
     lines.append("")
     lines.append(f"{args.windows} × {args.seq_len} tokens of the Wikipedia evaluation articles, float32, 1 thread. "
                  f"llama.cpp: {'; '.join(notes) or 'no GGUF row'}.")

@@ -66,6 +66,9 @@ def main(argv=None) -> int:
                f"{loaded['quantization_time_s']:.1f} | {onloaded['quantization_time_s']:.1f} |")
         print(row, flush=True)
         lines.append(row)
+    lines += ["", "Fully loaded, the process holds the float32 model, and every layer's result (codes, grid and its "
+              "float64 weight) until the folder is written; onloaded, one block, its float copy and the tensors "
+              "outside the blocks (embeddings), each block written as soon as it is quantized."]
     from qronos_linalg.io import write_text_atomic
 
     write_text_atomic(PAGE, "\n".join(lines) + "\n", overwrite=True)
