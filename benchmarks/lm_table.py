@@ -39,6 +39,7 @@ import torch
 
 from qronos_linalg.io import write_text_atomic
 from qronos_linalg.recipe import SOLVERS
+from qronos_linalg.adapters.torch import default_x_mode
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOAT = "float"
@@ -183,7 +184,7 @@ def run_row(table: Table, setting: str, variant: Variant, calib_windows: int, wi
         if hadamard:
             rotate_llama(model, seed=0)
         report = quantize_causal_lm(model, data["calibration"][:calib_windows], recipe,
-                                    x_mode=variant.x_mode or data["default_x_mode"], errors=False, progress=False)
+                                    x_mode=variant.x_mode, errors=False, progress=False)
         quant_time, split = time.perf_counter() - start, report["time_split_s"]
     reference = None if data["log_probs"] else load_model(table.model)[0]
     scores = {}
@@ -200,7 +201,7 @@ def run_row(table: Table, setting: str, variant: Variant, calib_windows: int, wi
     return {
         "id": row_id(setting, variant, calib_windows if calib_windows != table.calib_windows else None),
         "setting": setting, "variant": variant.label, "algorithm": variant.algorithm,
-        "x_mode": variant.x_mode or (data["default_x_mode"] if variant.algorithm != FLOAT and
+        "x_mode": variant.x_mode or (default_x_mode(variant.algorithm) if variant.algorithm != FLOAT and
                                      SOLVERS[variant.algorithm].uses_float_inputs else None),
         "recipe": None if recipe is None else recipe_to_options(recipe), "calibration_windows": calib_windows,
         "scores": scores, "quantization_time_s": quant_time, "time_split_s": split,
@@ -211,7 +212,6 @@ def run_row(table: Table, setting: str, variant: Variant, calib_windows: int, wi
 
 def prepare(table: Table, scratch: Path, progress: bool) -> Path:
     """Token windows (calibration and both evaluation texts) and the float log-probability caches."""
-    from qronos_linalg.adapters.torch.cli import DEFAULT_X_MODE
     from qronos_linalg.adapters.torch.data import EVALUATION_TEXTS, load_model, text_windows
     from qronos_linalg.adapters.torch.lm import reference_log_probs
 
@@ -228,7 +228,7 @@ def prepare(table: Table, scratch: Path, progress: bool) -> Path:
             reference_log_probs(model, windows, path, progress=progress)
             log_probs[text] = str(path)
     data = {"calibration": text_windows(tokenizer, "calibration", table.seq_len, most), "eval": evaluation,
-            "log_probs": log_probs, "default_x_mode": DEFAULT_X_MODE}
+            "log_probs": log_probs}
     windows_file = scratch / "windows.pt"
     torch.save(data, windows_file)
     return windows_file

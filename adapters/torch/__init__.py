@@ -14,6 +14,8 @@ import importlib
 #: Meanings of X, the float target of the solvers that use it: the true float model, or the float block
 #: applied to the quantized stream (Brevitas' definition). See :func:`quantize_causal_lm`.
 X_MODES = ("float", "block")
+#: Each solver's default X where it differs from "float" (chosen by measurement: docs/results_lm_defaults.md).
+SOLVER_X_MODES: dict = {}
 #: YAQA's default number of gradient windows for its Kronecker factors (:mod:`.hessians`).
 DEFAULT_HESSIAN_SEQUENCES = 64
 #: Seconds a data-parallel collective waits for the other ranks before failing (:mod:`.distributed`): a dead
@@ -37,7 +39,13 @@ _EXPORTS = {
     "save_quantized": "save",
     "load_quantized": "save",
 }
-__all__ = ["X_MODES", "DEFAULT_HESSIAN_SEQUENCES", "DEFAULT_DIST_TIMEOUT_S", *_EXPORTS]
+__all__ = ["X_MODES", "SOLVER_X_MODES", "default_x_mode", "DEFAULT_HESSIAN_SEQUENCES", "DEFAULT_DIST_TIMEOUT_S",
+           *_EXPORTS]
+
+
+def default_x_mode(algorithm: str) -> str:
+    """The X a solver uses unless told (SOLVER_X_MODES, else "float")."""
+    return SOLVER_X_MODES.get(algorithm, "float")
 
 
 def __getattr__(name):

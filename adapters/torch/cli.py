@@ -14,7 +14,7 @@ from qronos_linalg.io import check_output, status, write_json_atomic
 from qronos_linalg.options import parse_choice, parse_float, parse_int, parse_optional_float
 from qronos_linalg.recipe import Recipe
 
-from . import DEFAULT_DIST_TIMEOUT_S, DEFAULT_HESSIAN_SEQUENCES, X_MODES
+from . import DEFAULT_DIST_TIMEOUT_S, DEFAULT_HESSIAN_SEQUENCES, SOLVER_X_MODES, X_MODES
 
 __all__ = ["register", "quantize_lm", "evaluate_lm", "DEFAULT_SEQ_LEN", "DEFAULT_CALIB_WINDOWS",
            "DEFAULT_EVAL_WINDOWS", "DEFAULT_RECIPE"]
@@ -24,8 +24,6 @@ DEFAULT_CALIB_WINDOWS = 128
 DEFAULT_EVAL_WINDOWS = 40
 #: The adapter's default recipe: Qronos, 4-bit asymmetric per-channel.
 DEFAULT_RECIPE = Recipe()
-#: Default meaning of X for the solvers that use it.
-DEFAULT_X_MODE = "float"
 #: Output formats of quantize-lm: ``auto`` = compressed-tensors where the recipe fits it, else dense.
 OUTPUT_FORMATS = ("auto", "dense", "compressed-tensors", "gguf")
 #: The dtype a format stores the grid's scales in, when the recipe freezes none (exact for fp32 models).
@@ -67,9 +65,11 @@ def register(subparsers) -> None:
                                "for `qronos quantize`")
     settings = Settings(quantize, DEFAULT_RECIPE)
     lm_group = quantize.add_argument_group("language-model pipeline")
-    settings.add("--x-mode", dest="x_mode", default=DEFAULT_X_MODE, type=parse_choice(X_MODES), group=lm_group,
-                 metavar="{" + ",".join(X_MODES) + "}",
-                 help="X = the true float model ('float') or the float block on quantized inputs ('block')")
+    settings.add("--x-mode", dest="x_mode", default=None, type=_parse_x_mode, group=lm_group,
+                 metavar="{" + ",".join(("default",) + X_MODES) + "}",
+                 help="X = the true float model ('float') or the float block on quantized inputs ('block'); "
+                      "default: the solver's (" + (", ".join(f"{name} {mode}" for name, mode in SOLVER_X_MODES.items())
+                                                   + ", " if SOLVER_X_MODES else "") + "float otherwise)")
     settings.add_switch("--hadamard", "hadamard", False, "randomized Hadamard rotation first (QuaRot-style)",
                         off=("--no-hadamard", "no rotation"), group=lm_group)
     settings.add("--hadamard-seed", dest="hadamard_seed", default=0, type=parse_int, metavar="N", group=lm_group,
@@ -241,7 +241,7 @@ def _quantize_lm(args, parallel) -> int:
         "quantization_time_s": round(report["total_time_s"], 2), "peak_memory_mib": round(report["peak_memory_mib"], 1),
         "mean_rel_error": _mean(layer["rel_error"] for layer in layers),
         "mean_rel_error_rtn": _mean(layer["rel_error_rtn"] for layer in layers),
-        "recipe": report["recipe"], "x_mode": values["x_mode"],
+        "recipe": report["recipe"], "x_mode": report["x_mode"],
         "calibration_windows": report["calibration_windows"], "seq_len": report["calibration_seq_len"],
         "world_size": report["world_size"],
     }
@@ -249,7 +249,7 @@ def _quantize_lm(args, parallel) -> int:
         write_json_atomic(report_path, {**summary, "layers": layers}, overwrite=args.overwrite)
     lines = layer_table(layers) + [
         f"layers quantized: {len(layers)} ({recipe.solver.algorithm}, {summary['calibration_windows']} × {summary['seq_len']} "
-        f"calibration tokens, x_mode {values['x_mode']}, {report['total_time_s']:.1f} s, peak RSS "
+        f"calibration tokens, x_mode {report['x_mode']}, {report['total_time_s']:.1f} s, peak RSS "
         f"{report['peak_memory_mib']:.0f} MiB" + (f", {report['world_size']} ranks" if parallel else "") + ")",
         f"mean relative output error: {summary['mean_rel_error']:.4f} (RTN on the same grids: "
         f"{summary['mean_rel_error_rtn']:.4f})" if summary["mean_rel_error"] is not None else
@@ -307,6 +307,11 @@ def _check_onload(args, values: dict, recipe: Recipe) -> None:
                          "(no --format other than dense, no --onnx)")
     if values["blocks"] is not None:
         raise ValueError("--onload finds the decoder blocks itself (no --blocks)")
+
+
+def _parse_x_mode(text: str) -> str | None:
+    """One of X_MODES, or "default" (the solver's)."""
+    return None if text.strip().lower() in ("default", "none") else parse_choice(X_MODES)(text)
 
 
 def _fingerprint(windows) -> str:

@@ -26,7 +26,7 @@ from torch import nn
 from qronos_linalg.io import progress as progress_bar
 from qronos_linalg.recipe import Recipe
 
-from . import X_MODES
+from . import X_MODES, default_x_mode
 from .actquant import InputTransform
 from .hessians import kronecker_factors
 from .hooks import StopForward, run_until_stopped, temporary_hooks
@@ -140,7 +140,7 @@ def quantize_causal_lm(
     recipe: Recipe,
     *,
     blocks: str | None = None,
-    x_mode: str = "float",
+    x_mode: str | None = None,
     batch_size: int = 1,
     stats_dtype: str = "float64",
     product_dtype: str | None = None,
@@ -176,6 +176,7 @@ def quantize_causal_lm(
     """
     if not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be a qronos_linalg.recipe.Recipe, got {type(recipe).__name__}")
+    x_mode = default_x_mode(recipe.solver.algorithm) if x_mode is None else x_mode
     if x_mode not in X_MODES:
         raise ValueError(f"x_mode must be one of {X_MODES}, got {x_mode!r}")
     statistics = needed_statistics(recipe, errors)
