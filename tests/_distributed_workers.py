@@ -23,6 +23,7 @@ def quantize_once(algorithm: str, parallel=None) -> dict:
     report = quantize_causal_lm(tiny_llama(), token_batch(WINDOWS, SEQ_LEN), recipe(**run_options(algorithm)),
                                 progress=False, parallel=parallel)
     return {"codes": {name: torch.as_tensor(result.codes) for name, result in report["results"].items()},
+            "weights": {name: torch.as_tensor(result.weight) for name, result in report["results"].items()},
             "layers": report["layers"], "world_size": report["world_size"], "time_split_s": report["time_split_s"]}
 
 

@@ -55,6 +55,8 @@ def test_two_ranks_give_the_single_process_codes_and_errors(two_ranks, algorithm
         agree = sum(int((run["codes"][name] == codes).sum()) for name, codes in single["codes"].items())
         total = sum(codes.numel() for codes in single["codes"].values())
         assert agree / total >= 0.999
+        if agree == total:  # the same codes: the same weights bit for bit, owner or not
+            assert all(torch.equal(run["weights"][name], weight) for name, weight in single["weights"].items())
         for ours, theirs in zip(run["layers"], single["layers"]):
             assert ours["name"] == theirs["name"] and ours["samples"] == theirs["samples"]
             for key in ("rel_error", "rel_error_rtn"):

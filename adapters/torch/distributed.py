@@ -5,7 +5,7 @@ Under ``torchrun --nproc-per-node N qronos quantize-lm ...`` (any launcher that 
 two-stream block pipeline on its own contiguous share of the calibration windows (:meth:`DataParallel.share`).
 For each layer group, the partial statistics (float64 LayerStats sums and sample counts; YAQA's
 Kronecker factors) are **reduced to the layer's owner rank**, which solves the layer and **broadcasts**
-its result (codes, grid, weight) and report; every rank writes the same quantized weights and advances
+its codes, grid and report (the weight is rebuilt from them); every rank writes the same quantized weights and advances
 its streams. Statistics differ from one process only by summation order.
 
 Owners: a greedy balance of the solve cost ``in²·out`` — each layer, in the order the layers are solved
@@ -20,6 +20,7 @@ settings are refused at the start (:meth:`DataParallel.check_same`).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -144,12 +145,18 @@ class DataParallel:
 
     def share_solutions(self, names: list, solved: dict) -> dict:
         """Every layer's ``(result, report)`` on every rank, each broadcast from its owner (``solved``: the
-        ones this rank owns), in the order of ``names``; the report records the owner."""
+        ones this rank owns), in the order of ``names``; the report records the owner. Only codes, grid and
+        report travel (about 1 byte per weight): the others rebuild the weight as ``grid.dequantize(codes)``,
+        which is exactly the owner's (QuantResult's invariant)."""
         shared = {}
         for name in names:
-            box = [solved.get(name)]
-            with self.collective(f"broadcasting layer {name} from rank {self.owners[name]}"):
-                dist.broadcast_object_list(box, src=self.owners[name])
-            result, report = box[0]
-            shared[name] = (result, {**report, "owner": self.owners[name]})
+            owner = self.owners[name]
+            mine = solved.get(name)
+            box = [None if mine is None else (dataclasses.replace(mine[0], weight=None), mine[1])]
+            with self.collective(f"broadcasting layer {name} from rank {owner}"):
+                dist.broadcast_object_list(box, src=owner)
+            result, report = mine if mine is not None else box[0]
+            if mine is None:
+                result = dataclasses.replace(result, weight=result.grid.dequantize(result.codes))
+            shared[name] = (result, {**report, "owner": owner})
         return shared
