@@ -183,3 +183,20 @@ def test_each_block_runs_at_most_one_float_forward_per_window_and_rtn_runs_none(
     assert counts["float"] == float_forwards * blocks
     if algorithm == "rtn":
         assert counts["quantized"] == 0
+
+
+def test_x_mode_none_takes_the_solvers_default(monkeypatch):
+    import qronos_linalg.adapters.torch as adapter
+
+    calibration = token_batch(2, 12)
+    monkeypatch.setitem(adapter.SOLVER_X_MODES, "qronos", "block")
+    assert adapter.default_x_mode("qronos") == "block" and adapter.default_x_mode("gptaq") == "float"
+    default = quantize_causal_lm(tiny_llama(), calibration, recipe(algo="qronos", bits=3), progress=False)
+    explicit = quantize_causal_lm(tiny_llama(), calibration, recipe(algo="qronos", bits=3), x_mode="block",
+                                  progress=False)
+    other = quantize_causal_lm(tiny_llama(), calibration, recipe(algo="qronos", bits=3), x_mode="float",
+                               progress=False)
+    assert default["x_mode"] == "block" and other["x_mode"] == "float"
+    codes = [{name: r.codes for name, r in run["results"].items()} for run in (default, explicit, other)]
+    assert all(torch.equal(codes[0][name], codes[1][name]) for name in codes[0])
+    assert not all(torch.equal(codes[0][name], codes[2][name]) for name in codes[0])
