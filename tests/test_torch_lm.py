@@ -61,7 +61,8 @@ def test_both_streams_advance_and_match_the_two_models(calibration, build):
     def keep(index, float_stream, quant_stream):
         streams[index] = (torch.cat(float_stream), torch.cat(quant_stream))
 
-    quantize_causal_lm(model, calibration, recipe(algo="qronos", bits=3), progress=False, on_block=keep)
+    quantize_causal_lm(model, calibration, recipe(algo="qronos", bits=3), x_mode="float", progress=False,
+                       on_block=keep)
     last = max(streams)
     assert sorted(streams) == list(range(len(model.model.layers)))
     torch.testing.assert_close(streams[last][0], _final_block_output(float_model, calibration), atol=1e-5, rtol=1e-5)

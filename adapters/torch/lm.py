@@ -5,8 +5,11 @@ model) and the **quantized stream** (inputs of block b in the model whose blocks
 For each block, its linears are quantized group after group (q/k/v, o, gate/up, down for a Llama
 block), with ``X̃`` from the quantized block on the quantized stream and ``X`` from
 
-- ``x_mode="float"`` (default): the float block on the float stream (the true float model), or
+- ``x_mode="float"``: the float block on the float stream (the true float model), or
 - ``x_mode="block"``: the float block on the quantized stream (as Brevitas does);
+
+``x_mode=None`` takes the solver's default (:data:`~qronos_linalg.adapters.torch.SOLVER_X_MODES`: block for
+Qronos, by measurement; float for GPFQ and GPTAQ);
 
 then both streams advance through their block. Memory: one block's inputs for the calibration set per
 stream, plus one float copy of the current block.
