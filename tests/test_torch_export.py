@@ -345,6 +345,16 @@ def test_compressed_tensors_holds_per_token_activation_quantization(tmp_path, wi
 # -------------------------------------------------------------------------------------------- command line
 
 
+def llama_folder_and_text(tmp_path):
+    """A tiny Llama saved as a Hugging Face folder with its tokenizer, and a text file of TEXT's sentences."""
+    model_dir = tmp_path / "llama"
+    tiny_llama(hidden=HIDDEN, intermediate=INTERMEDIATE).save_pretrained(model_dir)
+    byte_tokenizer().save_pretrained(model_dir)
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n\n".join(TEXT.split(". ")))
+    return model_dir, text
+
+
 def dense_folder(path, **options):
     """A folder as ``qronos quantize-lm`` writes it (save_quantized) of the tiny Llama rounded on ``options``."""
     model, report = quantized(**options)
@@ -370,11 +380,7 @@ def test_cli_constants_match_the_module():
 
 def test_quantize_lm_folder_exports_to_both_formats(tmp_path, capsys):
     pytest.importorskip("compressed_tensors")
-    model_dir = tmp_path / "llama"
-    tiny_llama(hidden=HIDDEN, intermediate=INTERMEDIATE).save_pretrained(model_dir)
-    byte_tokenizer().save_pretrained(model_dir)
-    text = tmp_path / "corpus.txt"
-    text.write_text("\n\n".join(TEXT.split(". ")))
+    model_dir, text = llama_folder_and_text(tmp_path)
     assert cli.main(["quantize-lm", str(model_dir), "--algo", "optq", "--bits", "4", "--group-size", "32", "--sym",
                      "--scale-dtype", "float16", "--text-file", str(text), "--seq-len", "32", "--windows", "2",
                      "-o", str(tmp_path / "q"), "--format", "dense", "--quiet"]) == 0
@@ -438,11 +444,7 @@ def test_quantize_lm_writes_a_deployment_format_directly_and_eval_reads_it(tmp_p
     when the recipe freezes none), GGUF on request (fp16); `qronos eval` reads either with its reader and
     scores KL against the recorded base model."""
     pytest.importorskip("compressed_tensors")
-    model_dir = tmp_path / "llama"
-    tiny_llama(hidden=HIDDEN, intermediate=INTERMEDIATE).save_pretrained(model_dir)
-    byte_tokenizer().save_pretrained(model_dir)
-    text = tmp_path / "corpus.txt"
-    text.write_text("\n\n".join(TEXT.split(". ")))
+    model_dir, text = llama_folder_and_text(tmp_path)
     flags = ["--text-file", str(text), "--seq-len", "32", "--windows", "2", "--quiet"]
     assert cli.main(["quantize-lm", str(model_dir), "--algo", "optq", "--bits", "4", "--group-size", "32",
                      *(["--sym"] if fmt == "gguf" else []), "--format", fmt, "-o", str(tmp_path / "q"), *flags]) == 0
@@ -457,11 +459,7 @@ def test_quantize_lm_writes_a_deployment_format_directly_and_eval_reads_it(tmp_p
 
 
 def test_quantize_lm_falls_back_to_dense_or_refuses_a_format_the_recipe_cannot_fill(tmp_path, capsys):
-    model_dir = tmp_path / "llama"
-    tiny_llama(hidden=HIDDEN, intermediate=INTERMEDIATE).save_pretrained(model_dir)
-    byte_tokenizer().save_pretrained(model_dir)
-    text = tmp_path / "corpus.txt"
-    text.write_text("\n\n".join(TEXT.split(". ")))
+    model_dir, text = llama_folder_and_text(tmp_path)
     flags = ["--text-file", str(text), "--seq-len", "32", "--windows", "2", "--quiet", "--algo", "rtn"]
     assert cli.main(["quantize-lm", str(model_dir), "--bits", "3", "-o", str(tmp_path / "d"), *flags]) == 0
     assert "export" not in json.loads((tmp_path / "d" / "quantization.json").read_text())
