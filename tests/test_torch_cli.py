@@ -91,6 +91,7 @@ def test_weight_only_model_is_exported_to_onnx_and_activation_quantized_one_refu
     (["--damp", "inf"], ["damp must be a finite number >= 0"]),
     (["--smoothquant", "2"], ["SmoothQuant alpha must be in [0, 1]"]),
     (["--x-mode", "both"], ["--x-mode", "must be one of"]),
+    (["--dist-timeout", "0"], ["--dist-timeout must be positive"]),
     (["--text-file", "absent.txt"], ["--text-file absent.txt does not exist"]),
     (["--windows", "0"], ["--windows must be at least 1"]),
     (["--windows", "1000"], ["asked for 1000 windows"]),

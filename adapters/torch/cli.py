@@ -161,12 +161,10 @@ def quantize_lm(args) -> int:
     rank 0 writes the outputs and prints the summary."""
     from .distributed import DataParallel, launched_distributed
 
-    parallel = None
-    if launched_distributed():
-        values = args.settings.resolve(args)
-        if not values["dist_timeout"] > 0:
-            raise ValueError(f"--dist-timeout must be positive, got {values['dist_timeout']}")
-        parallel = DataParallel.initialize(timeout_s=values["dist_timeout"])
+    timeout_s = args.settings.resolve(args)["dist_timeout"]
+    if not timeout_s > 0:
+        raise ValueError(f"--dist-timeout must be positive, got {timeout_s}")
+    parallel = DataParallel.initialize(timeout_s=timeout_s) if launched_distributed() else None
     try:
         return _quantize_lm(args, parallel)
     finally:
