@@ -161,27 +161,74 @@ def cache_root() -> Path:
     return Path(os.environ.get("QRONOS_CACHE", Path.home() / ".cache" / "qronos_linalg"))
 
 
-def run_row(table: Table, setting: str, variant: Variant, calib_windows: int, windows_file: Path) -> dict:
-    """Quantize (unless float) and evaluate one row in this process."""
-    from qronos_linalg.adapters.torch import quantize_causal_lm
+def resolved_options(setting: str, variant: Variant) -> dict:
+    """The row's full recipe options: the CLI defaults, then the setting's grid, then the variant's changes."""
     from qronos_linalg.adapters.torch.cli import DEFAULT_RECIPE
+    from qronos_linalg.options import recipe_from_options, recipe_to_options
+
+    options = {key: value for key, value in SETTINGS[setting].items() if key != "hadamard"}
+    return recipe_to_options(recipe_from_options({**recipe_to_options(DEFAULT_RECIPE), **options,
+                                                  **variant.options()}))
+
+
+def resolved_x_mode(variant: Variant) -> str | None:
+    if variant.algorithm == FLOAT or not SOLVERS[variant.algorithm].uses_float_inputs:
+        return None
+    return variant.x_mode or default_x_mode(variant.algorithm)
+
+
+def same_measurement(table: Table, spec: tuple) -> dict | None:
+    """A stored row of another table that is this row's measurement: same model, windows and evaluation, same
+    setting, the same resolved recipe and X (e.g. ``smollm2``'s "optq" and ``smollm2-defaults``' "optq
+    act-order" while act-order is the default). Returned as this table's row, with ``measured_in`` naming the
+    source."""
+    import dataclasses
+
+    from qronos_linalg.options import recipe_from_options, recipe_to_options
+
+    def filled(options: dict) -> dict:  # the solver's defaults written out (act_order None → its default)
+        recipe = recipe_from_options(options)
+        return recipe_to_options(dataclasses.replace(recipe, solver=recipe.solver.resolved()))
+
+    setting, variant, windows = spec
+    if variant.algorithm == FLOAT:
+        return None
+    key = (setting, filled(resolved_options(setting, variant)), resolved_x_mode(variant),
+           windows or table.calib_windows)
+    for other in TABLES.values():
+        if other is table or (other.model, other.eval_windows, other.seq_len) != \
+                (table.model, table.eval_windows, table.seq_len):
+            continue
+        for row in load_rows(other).values():
+            if "error" in row or row.get("measured_in"):
+                continue
+            if (row["setting"], filled(row["recipe"]), row["x_mode"], row["calibration_windows"]) == key:
+                return {**row, "id": row_id(setting, variant, windows), "variant": variant.label,
+                        "measured_in": other.page}
+    return None
+
+
+def run_row(table: Table, setting: str, variant: Variant, windows: int | None, windows_file: Path) -> dict:
+    """Quantize (unless float) and evaluate one row in this process (``windows``: the row's calibration
+    windows, None for the table's)."""
+    from qronos_linalg.adapters.torch import quantize_causal_lm
     from qronos_linalg.adapters.torch.data import load_model
     from qronos_linalg.adapters.torch.lm import evaluate
     from qronos_linalg.adapters.torch.rotation import rotate_llama
-    from qronos_linalg.options import recipe_from_options, recipe_to_options
+    from qronos_linalg.options import recipe_from_options
 
     import numpy as np
 
     torch.manual_seed(0)
+    calib_windows = windows or table.calib_windows
     data = torch.load(windows_file)
     model, _tokenizer, _folder = load_model(table.model)
-    quant_time, recipe, split = 0.0, None, None
+    quant_time, options, split = 0.0, None, None
     if variant.algorithm != FLOAT:
-        options = dict(SETTINGS[setting])
-        hadamard = options.pop("hadamard", False)
-        recipe = recipe_from_options({**recipe_to_options(DEFAULT_RECIPE), **options, **variant.options()})
+        options = resolved_options(setting, variant)
+        recipe = recipe_from_options(options)
         start = time.perf_counter()
-        if hadamard:
+        if SETTINGS[setting].get("hadamard", False):
             rotate_llama(model, seed=0)
         report = quantize_causal_lm(model, data["calibration"][:calib_windows], recipe,
                                     x_mode=variant.x_mode, errors=False, progress=False)
@@ -199,11 +246,10 @@ def run_row(table: Table, setting: str, variant: Variant, calib_windows: int, wi
                               progress=False)
         scores[text] = {**result, "eval_s": time.perf_counter() - start}
     return {
-        "id": row_id(setting, variant, calib_windows if calib_windows != table.calib_windows else None),
+        "id": row_id(setting, variant, windows),
         "setting": setting, "variant": variant.label, "algorithm": variant.algorithm,
-        "x_mode": variant.x_mode or (default_x_mode(variant.algorithm) if variant.algorithm != FLOAT and
-                                     SOLVERS[variant.algorithm].uses_float_inputs else None),
-        "recipe": None if recipe is None else recipe_to_options(recipe), "calibration_windows": calib_windows,
+        "x_mode": resolved_x_mode(variant),
+        "recipe": options, "calibration_windows": calib_windows,
         "scores": scores, "quantization_time_s": quant_time, "time_split_s": split,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "threads": torch.get_num_threads(),
@@ -298,7 +344,7 @@ def page(table: Table, rows: list) -> str:
     for row in rows:
         head = f"| {row['setting']} | {row['variant']}" + (
             f" ({row['calibration_windows']} windows)" if row.get("calibration_windows") not in (None, table.calib_windows)
-            and row["algorithm"] != FLOAT else "") + " |"
+            and row["algorithm"] != FLOAT else "") + (" ‡" if row.get("measured_in") else "") + " |"
         if "error" in row:
             lines.append(f"{head} failed: {row['error']} | | | | | |".replace("\n", " "))
             continue
@@ -308,6 +354,11 @@ def page(table: Table, rows: list) -> str:
     missing = [row_id(*spec) for spec in table.rows if row_id(*spec) not in {row["id"] for row in rows}]
     if missing:
         lines += ["", "Not measured yet: " + "; ".join(missing) + "."]
+    sources = sorted({row["measured_in"] for row in rows if row.get("measured_in")})
+    if sources:
+        lines += ["", "‡ The same recipe on the same windows as a row of " +
+                  ", ".join(f"[{source}.md]({source}.md)" for source in sources) +
+                  ": that measurement, copied (`--rerun` runs it again)."]
     lines += list(table.notes)
     return "\n".join(lines) + "\n"
 
@@ -328,7 +379,7 @@ def main() -> int:
     if args.one:
         spec = json.loads(args.one[0])
         variant = Variant(**spec["variant"])
-        row = run_row(table, spec["setting"], variant, spec["windows"] or table.calib_windows, Path(args.one[1]))
+        row = run_row(table, spec["setting"], variant, spec["windows"], Path(args.one[1]))
         print(json.dumps(row))
         return 0
     stored = load_rows(table)
@@ -346,6 +397,13 @@ def main() -> int:
         selected = [by_id[identifier] for identifier in args.only if identifier in by_id]
     todo = [spec for spec in selected
             if args.rerun or row_id(*spec) not in stored or "error" in stored[row_id(*spec)]]
+    if not args.rerun:
+        for spec in list(todo):
+            copied = same_measurement(table, spec)
+            if copied is not None:
+                print(f"{copied['id']}: the same measurement as {copied['measured_in']}.json, copied", flush=True)
+                store_row(table, copied)
+                todo.remove(spec)
     print(f"{len(todo)} row(s) to run, {len(stored)} stored", flush=True)
     if not todo:
         return 0

@@ -91,6 +91,7 @@ def our_rows() -> list[dict]:
     for path in OURS:
         if path.exists():
             rows += [row for row in json.loads(path.read_text())["rows"] if "error" not in row
+                     and not row.get("measured_in")  # a copy of a row of the other table
                      and row.get("calibration_windows") == CALIBRATION_WINDOWS and row["setting"] in SETTING_NAMES.values()]
     return rows
 

@@ -138,3 +138,35 @@ def test_quantize_lm_under_torchrun_writes_once_what_one_process_writes(tmp_path
                              text=True, timeout=RANKS_TIMEOUT_S)
     assert refused.returncode != 0 and "2 ranks but only 1 calibration windows" in refused.stderr
     assert not (tmp_path / "few").exists()
+
+
+def test_onloaded_quantize_lm_under_torchrun_writes_the_single_process_folder(tmp_path):
+    """``--onload`` under ``torchrun --nproc-per-node 2``: each rank reads one block at a time from the shards;
+    rank 0 writes the same codes and weights as one onloading process."""
+    import subprocess
+    import sys
+
+    from _torch_tiny import byte_tokenizer, tiny_llama
+    from qronos_linalg import cli
+    from qronos_linalg.adapters.torch.save import load_quantization_tensors, load_quantized
+
+    folder = tmp_path / "llama"
+    tiny_llama(layers=3, tie=False).save_pretrained(folder, max_shard_size="40KB")
+    byte_tokenizer().save_pretrained(folder)
+    assert len(list(folder.glob("model-*.safetensors"))) > 2
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n\n".join(f"Paragraph {i} counts {i * i} foxes over {i + 7} dogs." for i in range(60)))
+    common = ["quantize-lm", str(folder), "--algo", "optq", "--bits", "3", "--group-size", "16", "--text-file",
+              str(text), "--seq-len", "32", "--windows", "4", "--threads", "1", "--onload", "--quiet"]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+              "qronos_linalg"]
+    ran = subprocess.run([*launch, *common, "-o", str(tmp_path / "ranks")], capture_output=True, text=True,
+                         timeout=RANKS_TIMEOUT_S)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert cli.main([*common, "-o", str(tmp_path / "one")]) == 0
+    codes = [load_quantization_tensors(tmp_path / name) for name in ("ranks", "one")]
+    assert codes[0].keys() == codes[1].keys()
+    assert all(torch.equal(codes[0][key], codes[1][key]) for key in codes[1] if key.endswith(".codes"))
+    weights = [load_quantized(tmp_path / name)[0].state_dict() for name in ("ranks", "one")]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[1])
+    assert sorted(p.name for p in (tmp_path / "ranks").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())

@@ -47,7 +47,7 @@ def layer_inputs(layer: Layer, consumer: Consumer, x: np.ndarray) -> list:
 
 
 def _conv_patches(layer: Layer, consumer: Consumer, x: np.ndarray) -> list:
-    kernel = layer.weight.shape[2:]
+    kernel = layer.shape[2:]
     pads = conv_pads(consumer, x.shape[2:], kernel)
     attrs = consumer.attributes
     strides = list(attrs.get("strides", [1, 1]))

@@ -13,10 +13,11 @@ import shutil
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper, version_converter
+from onnx.external_data_helper import uses_external_data
 from qronos_linalg.io import check_output, temporary_sibling
 
 from .errors import InvalidModelError, OutputExistsError
-from .graph import all_names, remove_dead_nodes, unique_name
+from .graph import all_names, load_all_external_data, remove_dead_nodes, unique_name
 
 #: Block sizes onnxruntime's MatMulNBits accepts (measured on onnxruntime 1.32).
 MATMULNBITS_BLOCK_SIZES = (16, 32, 64, 128, 256)
@@ -95,7 +96,7 @@ def qdq_layout(layer, codes, scale, zero, group_size):
     if scale.shape[1] == 1:
         group_size = None  # one group spanning all inputs: per channel
     if layer.op == "Conv":
-        return codes.reshape(layer.weight.shape), scale[:, 0], zero[:, 0], 0, None
+        return codes.reshape(layer.shape), scale[:, 0], zero[:, 0], 0, None
     transposed = layer.consumers[0].transposed
     if group_size is None:
         return (codes if transposed else codes.T), scale[:, 0], zero[:, 0], (0 if transposed else 1), None
@@ -104,8 +105,11 @@ def qdq_layout(layer, codes, scale, zero, group_size):
     return codes.T, scale.T, zero.T, 0, group_size
 
 
-def export_model(working: onnx.ModelProto, outcomes: list, config) -> tuple:
-    """The quantized model and, per layer weight name, the format written (with the fallback reason)."""
+def export_model(working: onnx.ModelProto, outcomes: list, config, base_dir: pathlib.Path | None = None) -> tuple:
+    """The quantized model and, per layer weight name, the format written (with the fallback reason).
+
+    ``base_dir``: where ``working``'s external data is; the float tensors that stay are read from there
+    (after the replaced float weights are dropped), so the result stands alone."""
     choices = {o.layer.weight_name: choose_format(o, config) for o in outcomes}
     model = onnx.ModelProto()
     model.CopyFrom(working)
@@ -113,7 +117,6 @@ def export_model(working: onnx.ModelProto, outcomes: list, config) -> tuple:
         model = to_qdq_opset(model)
     graph = model.graph
     taken = all_names(graph)
-    initializers = {t.name: t for t in graph.initializer}
     new_nodes, formats = [], {}
     for outcome in outcomes:
         layer = outcome.layer
@@ -121,7 +124,7 @@ def export_model(working: onnx.ModelProto, outcomes: list, config) -> tuple:
         formats[layer.weight_name] = fmt if reason is None else f"{fmt} ({reason})"
         grid = outcome.results[0].grid
         codes, scale, zero = stacked_grid(outcome)
-        dtype = numpy_helper.to_array(initializers[layer.weight_name]).dtype
+        dtype = layer.dtype
         if fmt == "matmulnbits":
             _write_matmulnbits(graph, layer, (codes, scale, zero), grid, dtype, config, taken)
         else:
@@ -132,6 +135,7 @@ def export_model(working: onnx.ModelProto, outcomes: list, config) -> tuple:
         if not any(o.domain == MS_DOMAIN for o in model.opset_import):
             model.opset_import.append(helper.make_opsetid(MS_DOMAIN, MS_DOMAIN_VERSION))
     remove_dead_nodes(graph)
+    load_all_external_data(model, base_dir)
     if tensor_bytes(model) <= EXTERNAL_DATA_THRESHOLD:  # larger models cannot be checked in memory
         onnx.checker.check_model(model)
     return model, formats
@@ -140,6 +144,13 @@ def export_model(working: onnx.ModelProto, outcomes: list, config) -> tuple:
 def tensor_bytes(model: onnx.ModelProto) -> int:
     """Serialized size of the model's initializers."""
     return sum(t.ByteSize() for t in model.graph.initializer)
+
+
+def model_bytes(model: onnx.ModelProto) -> int:
+    """Serialized size of the model with its external data counted (as if saved in one file)."""
+    external = sum(int(np.prod(t.dims)) * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+                   for t in model.graph.initializer if uses_external_data(t))
+    return model.ByteSize() + external
 
 
 def to_qdq_opset(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -9,13 +9,15 @@ out × (in/groups·kh·kw)). A weight shared by several such nodes is one layer,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 import pathlib
 import re
+from collections.abc import Callable
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import external_data_helper, numpy_helper
 
 from .errors import InvalidModelError
 
@@ -38,37 +40,53 @@ class Consumer:
 
 @dataclasses.dataclass
 class Layer:
-    """A constant weight and the nodes that use it; W = core-layout float weights (out × in)."""
+    """A constant weight and the nodes that use it; W = core-layout float weights (out × in).
+
+    The weight is read when needed (``weight``), not kept: a model with external data then holds one
+    layer's weight at a time. ``shape`` and ``dtype`` are the ONNX weight's.
+    """
 
     name: str
     op: str
     weight_name: str
-    weight: np.ndarray  # ONNX layout
+    read_weight: Callable[[], np.ndarray]  # ONNX layout
+    shape: tuple
+    dtype: np.dtype
     consumers: list
     groups: int = 1
 
     @property
+    def weight(self) -> np.ndarray:
+        """The float weight in its ONNX layout (read on each access)."""
+        return self.read_weight()
+
+    @property
     def out_features(self) -> int:
-        return self.core_weight().shape[0]
+        if self.op == "Conv":
+            return self.shape[0]
+        return self.shape[0] if self.consumers[0].transposed else self.shape[1]
 
     @property
     def in_features(self) -> int:
         """Columns of one group's W (Conv: in/groups · kh · kw)."""
-        return self.core_weight().shape[1]
+        if self.op == "Conv":
+            return int(np.prod(self.shape[1:]))
+        return self.shape[1] if self.consumers[0].transposed else self.shape[0]
 
     def core_weight(self) -> np.ndarray:
         """W (out × in) in the core convention."""
+        weight = self.weight
         if self.op == "Conv":
-            return self.weight.reshape(self.weight.shape[0], -1)
-        return self.weight if self.consumers[0].transposed else self.weight.T
+            return weight.reshape(weight.shape[0], -1)
+        return weight if self.consumers[0].transposed else weight.T
 
     def to_onnx_layout(self, W: np.ndarray) -> np.ndarray:
         """Inverse of ``core_weight``: a core-layout matrix in the ONNX weight's layout and dtype."""
         if self.op == "Conv":
-            out = W.reshape(self.weight.shape)
+            out = W.reshape(self.shape)
         else:
             out = W if self.consumers[0].transposed else W.T
-        return np.ascontiguousarray(out, dtype=self.weight.dtype)
+        return np.ascontiguousarray(out, dtype=self.dtype)
 
 
 @dataclasses.dataclass
@@ -79,7 +97,11 @@ class Skipped:
 
 
 def load_model(model_or_path) -> onnx.ModelProto:
-    """Load and check a model (path or ModelProto); a clear InvalidModelError if it is not valid ONNX."""
+    """Load and check a model (path or ModelProto); a clear InvalidModelError if it is not valid ONNX.
+
+    A file's external data is not read: its tensors keep their references (relative to the file's folder,
+    see :func:`external_base`), and :func:`loaded_tensor` reads one tensor when it is needed.
+    """
     if isinstance(model_or_path, onnx.ModelProto):
         model = model_or_path
         where = "the given ModelProto"
@@ -89,7 +111,7 @@ def load_model(model_or_path) -> onnx.ModelProto:
         if not path.is_file():
             raise InvalidModelError(f"model file {path} does not exist")
         try:
-            model = onnx.load(str(path))
+            model = onnx.load(str(path), load_external_data=False)
         except Exception as error:  # protobuf raises several unrelated types on garbage input
             raise InvalidModelError(f"{path} is not a valid ONNX model (cannot parse it: {error})") from error
     if not model.graph.node:
@@ -99,6 +121,41 @@ def load_model(model_or_path) -> onnx.ModelProto:
     except onnx.checker.ValidationError as error:
         raise InvalidModelError(f"{where} is not a valid ONNX model: {error}") from error
     return model
+
+
+def external_base(model_or_path) -> pathlib.Path | None:
+    """The folder that a loaded file's external-data references are relative to (None for a ModelProto)."""
+    return None if isinstance(model_or_path, onnx.ModelProto) else pathlib.Path(model_or_path).parent
+
+
+def loaded_tensor(tensor: onnx.TensorProto, base_dir: pathlib.Path | None) -> onnx.TensorProto:
+    """``tensor`` itself if it holds its data, else a copy with its external data read from ``base_dir``."""
+    if not external_data_helper.uses_external_data(tensor):
+        return tensor
+    if base_dir is None:
+        raise InvalidModelError(f"tensor {tensor.name!r} refers to external data, but the model was given in "
+                                "memory: load it with onnx.load (which reads the data) or pass its path")
+    copy = onnx.TensorProto()
+    copy.CopyFrom(tensor)
+    try:
+        external_data_helper.load_external_data_for_tensor(copy, str(base_dir))
+    except (OSError, ValueError) as error:
+        raise InvalidModelError(f"cannot read the external data of tensor {tensor.name!r} from {base_dir}: "
+                                f"{error}") from error
+    copy.data_location = onnx.TensorProto.DEFAULT
+    del copy.external_data[:]
+    return copy
+
+
+def tensor_array(tensor: onnx.TensorProto, base_dir: pathlib.Path | None) -> np.ndarray:
+    return numpy_helper.to_array(loaded_tensor(tensor, base_dir))
+
+
+def load_all_external_data(model: onnx.ModelProto, base_dir: pathlib.Path | None) -> None:
+    """Read every tensor's external data into ``model`` (in place): the model then stands alone."""
+    for position, tensor in enumerate(model.graph.initializer):
+        if external_data_helper.uses_external_data(tensor):
+            model.graph.initializer[position].CopyFrom(loaded_tensor(tensor, base_dir))
 
 
 def subgraph_inputs(node: onnx.NodeProto) -> set:
@@ -156,24 +213,28 @@ def topological_nodes(graph: onnx.GraphProto) -> list:
 class ConstantFolder:
     """Values of tensors computable from constants only (initializers, Constant nodes and their functions)."""
 
-    def __init__(self, graph: onnx.GraphProto, nodes: list, opset_imports):
+    def __init__(self, graph: onnx.GraphProto, nodes: list, opset_imports, base_dir: pathlib.Path | None = None):
         graph_inputs = {i.name for i in graph.input}
         self._values = {t.name: t for t in graph.initializer if t.name not in graph_inputs}
         self._producer = {out: node for node in nodes for out in node.output}
         self._opset_imports = list(opset_imports)
+        self._base_dir = base_dir
         self._cache = {}
 
     def value(self, name: str):
-        """The constant value of ``name`` as a NumPy array, or None if it depends on a graph input."""
+        """The constant value of ``name`` as a NumPy array, or None if it depends on a graph input.
+        Initializers are read on each call (not kept); values computed by folding are kept."""
+        if name in self._values:
+            return tensor_array(self._values[name], self._base_dir)
         if name in self._cache:
             return self._cache[name]
-        result = None
-        if name in self._values:
-            result = numpy_helper.to_array(self._values[name])
-        elif name in self._producer:
-            result = self._evaluate(self._producer[name], name)
+        result = self._evaluate(self._producer[name], name) if name in self._producer else None
         self._cache[name] = result
         return result
+
+    def is_constant(self, name: str) -> bool:
+        """Whether ``name`` is computable from constants (without reading an initializer's data)."""
+        return name in self._values or self.value(name) is not None
 
     def _evaluate(self, node, name):
         if node.domain not in ("", "ai.onnx") or subgraph_inputs(node) or node.op_type in NONDETERMINISTIC_OPS:
@@ -217,13 +278,13 @@ def _classify(node, index, folder):
     else:
         activation, weight_name = node.input[0], node.input[1]
         transposed = True
-    weight = folder.value(weight_name)
-    if weight is None:
-        if folder.value(activation) is not None:
+    if not folder.is_constant(weight_name):
+        if folder.is_constant(activation):
             return "the constant is the left operand, not the weight"
         return "weight is not constant (computed from graph inputs)"
-    if folder.value(activation) is not None:
+    if folder.is_constant(activation):
         return "both operands are constant"
+    weight = folder.value(weight_name)
     if weight.dtype not in (np.float32, np.float16, np.float64):
         return f"weight dtype {weight.dtype} is not floating point"
     if node.op_type == "Conv":
@@ -234,15 +295,17 @@ def _classify(node, index, folder):
     if not np.all(np.isfinite(weight)):
         return "weight contains non-finite values"
     consumer = Consumer(index, name, node.output[0], node.op_type, activation, transposed, attributes)
-    return weight_name, weight, consumer
+    return weight_name, (weight.shape, weight.dtype), consumer
 
 
-def find_layers(model: onnx.ModelProto, nodes: list, include: str | None = None, exclude: str | None = None):
+def find_layers(model: onnx.ModelProto, nodes: list, include: str | None = None, exclude: str | None = None,
+                base_dir: pathlib.Path | None = None):
     """(layers in topological order of their first use, skipped nodes with reasons).
 
-    ``include``/``exclude`` are regular expressions searched in node names.
+    ``include``/``exclude`` are regular expressions searched in node names. ``base_dir``: where the
+    model's external data is (:func:`external_base`); each weight is read to check it, then dropped.
     """
-    folder = ConstantFolder(model.graph, nodes, model.opset_import)
+    folder = ConstantFolder(model.graph, nodes, model.opset_import, base_dir)
     include_re = re.compile(include) if include else None
     exclude_re = re.compile(exclude) if exclude else None
     by_weight, skipped = {}, []
@@ -260,17 +323,18 @@ def find_layers(model: onnx.ModelProto, nodes: list, include: str | None = None,
         if isinstance(found, str):
             skipped.append(Skipped(name, node.op_type, found))
             continue
-        weight_name, weight, consumer = found
-        by_weight.setdefault(weight_name, []).append((weight, consumer))
+        weight_name, layout, consumer = found
+        by_weight.setdefault(weight_name, []).append((layout, consumer))
     layers = []
     for weight_name, uses in by_weight.items():
-        weight, first = uses[0]
+        (shape, dtype), first = uses[0]
         reason = _sharing_conflict(uses)
         if reason:
             skipped.extend(Skipped(c.node_name, c.op, reason) for _, c in uses)
             continue
         groups = int(first.attributes.get("group", 1)) if first.op == "Conv" else 1
-        layers.append(Layer(first.node_name, first.op, weight_name, weight, [c for _, c in uses], groups))
+        layers.append(Layer(first.node_name, first.op, weight_name, functools.partial(folder.value, weight_name),
+                            tuple(shape), dtype, [c for _, c in uses], groups))
     layers.sort(key=lambda layer: layer.consumers[0].node_index)
     return layers, skipped
 

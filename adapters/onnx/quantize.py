@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 import time
 
 import numpy as np
+import onnx
 import qronos_linalg as ql
 from onnx import numpy_helper
 from qronos_linalg.activations import fake_quantize_per_token
@@ -17,9 +19,9 @@ from .calibration import load_calibration
 from .capture import layer_inputs, token_feature_axis
 from .config import QuantConfig
 from .errors import ConfigError, NoQuantizableLayerError, NonFiniteActivationError
-from .export import export_model
-from .graph import find_layers, load_model, topological_nodes, with_weights_as_initializers
-from .staging import StageRunner, plan_stages
+from .export import export_model, model_bytes
+from .graph import external_base, find_layers, load_model, topological_nodes, with_weights_as_initializers
+from .staging import StageRunner, StreamInitializers, plan_stages
 
 ACTQ_SUFFIX = "_qronos_actq"
 #: Rows gathered before one LayerStats update (bounds memory, amortizes the n × n accumulation).
@@ -28,7 +30,10 @@ ROWS_PER_UPDATE = 4096
 
 @dataclasses.dataclass
 class LayerOutcome:
-    """A solved layer: per weight group, the solver results; plus the report (statistics-based errors)."""
+    """A solved layer: per weight group, the solver results; plus the report (statistics-based errors).
+
+    The results keep codes and grid, not the dequantized weight (``weight`` is None: every layer's float64
+    copy would otherwise stay in memory until the export); :func:`quantized_weight` makes it when needed."""
 
     layer: object
     results: list
@@ -51,13 +56,20 @@ def solve_layer(layer, stats_per_group: list, config: QuantConfig) -> LayerOutco
     report = LayerReport.combine([r for _, r in solved], name=layer.name)
     extras = {"op": layer.op, "nodes": [c.node_name for c in layer.consumers], "weight": layer.weight_name,
               "groups": layer.groups}
-    return LayerOutcome(layer, [result for result, _ in solved], {**report.to_dict(), **extras})
+    return LayerOutcome(layer, [dataclasses.replace(result, weight=None) for result, _ in solved],
+                        {**report.to_dict(), **extras})
 
 
 def quantized_weight(outcome: LayerOutcome) -> np.ndarray:
-    """The dequantized weights of a solved layer, in its ONNX layout and dtype."""
-    Q = np.concatenate([np.asarray(r.weight) for r in outcome.results], axis=0)
-    return outcome.layer.to_onnx_layout(Q.astype(outcome.layer.weight.dtype))
+    """The dequantized weights of a solved layer, in its ONNX layout and dtype: ``grid.dequantize(codes)`` in
+    float64, which is exactly the solver's ``weight``, cast to the layer's dtype."""
+    Q = np.concatenate([r.grid.dequantize(r.codes, "float64") for r in outcome.results], axis=0)
+    return outcome.layer.to_onnx_layout(Q.astype(outcome.layer.dtype))
+
+
+def quantized_tensor(outcome: LayerOutcome) -> onnx.TensorProto:
+    """The dequantized weights of a solved layer as the initializer its nodes read."""
+    return numpy_helper.from_array(quantized_weight(outcome), outcome.layer.weight_name)
 
 
 def _check_finite(array: np.ndarray, layer, stream: str) -> None:
@@ -85,8 +97,9 @@ def quantize_onnx(model_or_path, calibration, config: QuantConfig | dict | None 
         raise ConfigError(f"config must be a QuantConfig or a dict of options, got {type(config).__name__}")
     started = time.perf_counter()
     model = load_model(model_or_path)
+    base_dir = external_base(model_or_path)
     nodes = topological_nodes(model.graph)
-    layers, skipped = find_layers(model, nodes, config.include, config.exclude)
+    layers, skipped = find_layers(model, nodes, config.include, config.exclude, base_dir)
     if not layers:
         reasons = "; ".join(f"{s.name} ({s.op}): {s.reason}" for s in skipped) or "the graph has no MatMul, Gemm or Conv"
         raise NoQuantizableLayerError(f"no quantizable layer found: {reasons}")
@@ -94,29 +107,31 @@ def quantize_onnx(model_or_path, calibration, config: QuantConfig | dict | None 
     samples = load_calibration(calibration, working.graph, config.nsamples, config.seed)
     show = sys.stderr.isatty() if progress is None else progress
     with progress_bar(len(layers), "quantize", "layer", enabled=show) as bar:
-        outcomes = _run_layers(working, layers, samples, config, observer, bar, threads)
-    exported, formats = export_model(working, outcomes, config)
+        outcomes = _run_layers(working, base_dir, layers, samples, config, observer, bar, threads)
+    exported, formats = export_model(working, outcomes, config, base_dir)
     report = {
         "config": config.to_dict(),
         "calibration_samples": len(samples),
         "layers": [dict(o.report, format=formats[o.layer.weight_name]) for o in outcomes],
         "skipped": [dataclasses.asdict(s) for s in skipped],
         "float_ops": sorted({n.op_type for n in working.graph.node} - {"MatMul", "Gemm", "Conv"}),
-        "size_before_bytes": model.ByteSize(),
+        "size_before_bytes": model_bytes(model),
         "size_after_bytes": exported.ByteSize(),
         "time_s": time.perf_counter() - started,
     }
     return exported, report
 
 
-def _run_layers(working, layers, samples, config: QuantConfig, observer, bar, threads) -> list:
+def _run_layers(working, base_dir, layers, samples, config: QuantConfig, observer, bar, threads) -> list:
+    """Solve the layers in order, stage by stage; each stage's sessions read only that stage's initializers
+    (from ``base_dir`` where they are external data), and quantized weights are made when a stage needs them."""
     consumer_at = {c.node_index: (layer, c) for layer in layers for c in layer.consumers}
     activations = {index: c.activation for index, (_, c) in consumer_at.items()}
     stages = plan_stages(working.graph, list(consumer_at), activations)
-    initializers = {t.name: t for t in working.graph.initializer}
+    initializers = StreamInitializers({t.name: t for t in working.graph.initializer}, base_dir)
     float_carry = samples
     quant_carry = samples
-    quant_initializers = dict(initializers)
+    quant_initializers = initializers.copy()
     outcomes, solved = [], set()
     for stage in stages:
         replaced = {}
@@ -128,9 +143,7 @@ def _run_layers(working, layers, samples, config: QuantConfig, observer, bar, th
                 outcome = solve_layer(layer, stats, config)
                 outcomes.append(outcome)
                 solved.add(layer.weight_name)
-                quant_initializers[layer.weight_name] = numpy_helper.from_array(
-                    quantized_weight(outcome), layer.weight_name
-                )
+                quant_initializers.replace(layer.weight_name, functools.partial(quantized_tensor, outcome))
                 bar.update(1)
         float_runner = StageRunner(working, stage, initializers, float_carry[0], threads=threads)
         float_next = [float_runner.run(feed, stage.keep_after) for feed in float_carry]

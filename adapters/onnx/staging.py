@@ -9,13 +9,15 @@ stream, so the total work grows linearly with the depth of the graph.
 from __future__ import annotations
 
 import dataclasses
+import pathlib
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from .graph import node_inputs
+from .graph import loaded_tensor, node_inputs
 
 ORT_LOG_ERRORS_ONLY = 3
 
@@ -63,6 +65,39 @@ def plan_stages(graph: onnx.GraphProto, cut_nodes: list, activations: dict) -> l
     return stages
 
 
+class StreamInitializers(Mapping):
+    """One stream's initializers, name → TensorProto, each produced when a stage session is built and then
+    dropped: a tensor with external data is read from ``base_dir`` (:func:`~.graph.loaded_tensor`), and
+    :meth:`replace` gives a name the stream's own tensor (a quantized weight, made on demand)."""
+
+    def __init__(self, tensors: dict, base_dir: pathlib.Path | None):
+        self._tensors = tensors
+        self._base_dir = base_dir
+        self._replacements: dict[str, Callable[[], onnx.TensorProto]] = {}
+
+    def replace(self, name: str, make: Callable[[], onnx.TensorProto]) -> None:
+        self._replacements[name] = make
+
+    def copy(self) -> "StreamInitializers":
+        other = StreamInitializers(self._tensors, self._base_dir)
+        other._replacements = dict(self._replacements)
+        return other
+
+    def __getitem__(self, name: str) -> onnx.TensorProto:
+        if name in self._replacements:
+            return self._replacements[name]()
+        return loaded_tensor(self._tensors[name], self._base_dir)
+
+    def __contains__(self, name) -> bool:
+        return name in self._tensors
+
+    def __iter__(self):
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+
 def session_options(threads: int | None = None) -> ort.SessionOptions:
     """onnxruntime options of every session the adapter opens: errors-only logging, no spinning idle
     threads (they would steal the cores from the solvers' BLAS), and ``threads`` if given."""
@@ -85,7 +120,8 @@ class StageRunner:
 
     def __init__(self, model: onnx.ModelProto, stage: Stage, initializers: dict, example: dict,
                  replaced_inputs: dict | None = None, *, threads: int | None = None):
-        """``initializers``: name → TensorProto for the whole graph (already with this stream's weights).
+        """``initializers``: name → TensorProto for the whole graph (already with this stream's weights; a
+        :class:`StreamInitializers` reads only this stage's).
 
         ``example``: a carried feed dict (gives input dtypes). ``replaced_inputs``: node index → {old
         input name: new input name}, used to feed fake-quantized activations to quantized nodes.
