@@ -117,3 +117,13 @@ def token_embedding_mlp(rng, vocab=50, width=16, out=8):
 def token_samples(rng, count, seq, vocab=50):
     return [{"ids": rng.integers(0, vocab, (1, seq)).astype(np.int64), "mask": np.ones((1, seq), np.float32)}
             for _ in range(count)]
+
+
+#: One graph per kind of layer the export handles: name → (builder(rng), calibration input shape).
+EXPORT_GRAPHS = {
+    "mlp": (lambda rng: mlp(rng, [64, 48, 32]), (2, 5, 64)),
+    "gemm_transB_bias": (lambda rng: gemm_trans_b(rng), (6, 48)),
+    "conv": (lambda rng: conv_net(rng), (2, 3, 12, 12)),
+    "shared_weight": (lambda rng: shared_weight(rng), (6, 32)),
+    "constant_and_folded": (lambda rng: constant_and_folded_weights(rng), (6, 32)),
+}

@@ -1,6 +1,7 @@
 """Data-parallel calibration: 2 gloo ranks on the tiny Llama give the single process's codes and errors."""
 
 import multiprocessing
+import sys
 import time
 
 import pytest
@@ -14,6 +15,16 @@ import _distributed_workers as workers  # noqa: E402
 
 #: Seconds a spawned pair of ranks may take (imports, three tiny quantizations) before the test fails.
 RANKS_TIMEOUT_S = 240
+#: ``torchrun`` with two local ranks running this project's CLI.
+TORCHRUN_TWO_RANKS = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+                      "qronos_linalg"]
+
+
+def corpus_file(folder):
+    """A small text for --text-file (60 paragraphs)."""
+    text = folder / "corpus.txt"
+    text.write_text("\n\n".join(f"Paragraph {i} counts {i * i} foxes over {i + 7} dogs." for i in range(60)))
+    return text
 
 
 def _spawn(target, tmp_path, world_size=2):
@@ -105,7 +116,6 @@ def test_quantize_lm_under_torchrun_writes_once_what_one_process_writes(tmp_path
     codes and errors are the single process's; with more ranks than windows every rank exits 2 at once."""
     import json
     import subprocess
-    import sys
 
     from safetensors.torch import load_file
 
@@ -116,12 +126,10 @@ def test_quantize_lm_under_torchrun_writes_once_what_one_process_writes(tmp_path
     folder = tmp_path / "llama"
     tiny_llama().save_pretrained(folder)
     byte_tokenizer().save_pretrained(folder)
-    text = tmp_path / "corpus.txt"
-    text.write_text("\n\n".join(f"Paragraph {i} counts {i * i} foxes over {i + 7} dogs." for i in range(60)))
+    text = corpus_file(tmp_path)
     common = ["quantize-lm", str(folder), "--algo", "qronos", "--bits", "3", "--group-size", "16", "--text-file",
               str(text), "--seq-len", "32", "--threads", "1", "--format", "dense", "--quiet", "--json"]
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
-              "qronos_linalg"]
+    launch = TORCHRUN_TWO_RANKS
     ran = subprocess.run([*launch, *common, "--windows", "5", "-o", str(tmp_path / "ranks")], capture_output=True,
                          text=True, timeout=RANKS_TIMEOUT_S)
     assert ran.returncode == 0, ran.stderr[-2000:]
@@ -144,7 +152,6 @@ def test_onloaded_quantize_lm_under_torchrun_writes_the_single_process_folder(tm
     """``--onload`` under ``torchrun --nproc-per-node 2``: each rank reads one block at a time from the shards;
     rank 0 writes the same codes and weights as one onloading process."""
     import subprocess
-    import sys
 
     from _torch_tiny import byte_tokenizer, tiny_llama
     from qronos_linalg import cli
@@ -154,12 +161,10 @@ def test_onloaded_quantize_lm_under_torchrun_writes_the_single_process_folder(tm
     tiny_llama(layers=3, tie=False).save_pretrained(folder, max_shard_size="40KB")
     byte_tokenizer().save_pretrained(folder)
     assert len(list(folder.glob("model-*.safetensors"))) > 2
-    text = tmp_path / "corpus.txt"
-    text.write_text("\n\n".join(f"Paragraph {i} counts {i * i} foxes over {i + 7} dogs." for i in range(60)))
+    text = corpus_file(tmp_path)
     common = ["quantize-lm", str(folder), "--algo", "optq", "--bits", "3", "--group-size", "16", "--text-file",
               str(text), "--seq-len", "32", "--windows", "4", "--threads", "1", "--onload", "--quiet"]
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
-              "qronos_linalg"]
+    launch = TORCHRUN_TWO_RANKS
     ran = subprocess.run([*launch, *common, "-o", str(tmp_path / "ranks")], capture_output=True, text=True,
                          timeout=RANKS_TIMEOUT_S)
     assert ran.returncode == 0, ran.stderr[-2000:]

@@ -19,13 +19,7 @@ RTOL, ATOL = 1e-4, 1e-5
 #: accuracy_level 4 quantizes activations to int8 per block: a relative error of about 1%.
 INT8_ACTIVATION_REL_ERROR = 0.05
 
-GRAPHS = {
-    "mlp": (lambda rng: gb.mlp(rng, [64, 48, 32]), (2, 5, 64)),
-    "gemm_transB_bias": (lambda rng: gb.gemm_trans_b(rng), (6, 48)),
-    "conv": (lambda rng: gb.conv_net(rng), (2, 3, 12, 12)),
-    "shared_weight": (lambda rng: gb.shared_weight(rng), (6, 32)),
-    "constant_and_folded": (lambda rng: gb.constant_and_folded_weights(rng), (6, 32)),
-}
+GRAPHS = gb.EXPORT_GRAPHS
 
 
 def run(model, feed):

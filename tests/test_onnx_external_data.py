@@ -12,13 +12,7 @@ from qronos_linalg.adapters.onnx import InvalidModelError, quantize_onnx
 from qronos_linalg.adapters.onnx import graph as onnx_graph
 from qronos_linalg.adapters.onnx.graph import load_model
 
-GRAPHS = {
-    "mlp": (lambda rng: gb.mlp(rng, [64, 48, 32]), (2, 5, 64)),
-    "gemm_transB_bias": (lambda rng: gb.gemm_trans_b(rng), (6, 48)),
-    "conv": (lambda rng: gb.conv_net(rng), (2, 3, 12, 12)),
-    "shared_weight": (lambda rng: gb.shared_weight(rng), (6, 32)),
-    "constant_and_folded": (lambda rng: gb.constant_and_folded_weights(rng), (6, 32)),
-}
+GRAPHS = gb.EXPORT_GRAPHS
 
 
 def save_external(model: onnx.ModelProto, path) -> None:
