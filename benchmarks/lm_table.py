@@ -125,6 +125,7 @@ def _study_rows(setting: str) -> list:
              for mode in ("float", "block") for damp, damp_mode in ((0.1, "relative"), (1e-6, "spectral"))]
     rows += [(setting, Variant("optq", act_order=True, damp=0.1), None),
              (setting, Variant("gptaq", x_mode="float", act_order=True, damp=0.1), None)]
+    rows += [(setting, Variant("yaqa", act_order=flag), None) for flag in (False, True)]
     return rows
 
 
@@ -177,23 +178,36 @@ def resolved_x_mode(variant: Variant) -> str | None:
     return variant.x_mode or default_x_mode(variant.algorithm)
 
 
+def filled_recipe(options: dict) -> dict:
+    """Recipe options with the solver's defaults written out (act_order None → that solver's default)."""
+    import dataclasses
+
+    from qronos_linalg.options import recipe_from_options, recipe_to_options
+
+    recipe = recipe_from_options(options)
+    return recipe_to_options(dataclasses.replace(recipe, solver=recipe.solver.resolved()))
+
+
+def is_current(spec: tuple, row: dict) -> bool:
+    """Whether a stored row measured what the spec means now (a default changed since: it is stale)."""
+    setting, variant, _ = spec
+    if "error" in row:
+        return False
+    if variant.algorithm == FLOAT:
+        return True
+    return (filled_recipe(row["recipe"]), row["x_mode"]) == \
+        (filled_recipe(resolved_options(setting, variant)), resolved_x_mode(variant))
+
+
 def same_measurement(table: Table, spec: tuple) -> dict | None:
     """A stored row of another table that is this row's measurement: same model, windows and evaluation, same
     setting, the same resolved recipe and X (e.g. ``smollm2``'s "optq" and ``smollm2-defaults``' "optq
     act-order" while act-order is the default). Returned as this table's row, with ``measured_in`` naming the
     source."""
-    import dataclasses
-
-    from qronos_linalg.options import recipe_from_options, recipe_to_options
-
-    def filled(options: dict) -> dict:  # the solver's defaults written out (act_order None → its default)
-        recipe = recipe_from_options(options)
-        return recipe_to_options(dataclasses.replace(recipe, solver=recipe.solver.resolved()))
-
     setting, variant, windows = spec
     if variant.algorithm == FLOAT:
         return None
-    key = (setting, filled(resolved_options(setting, variant)), resolved_x_mode(variant),
+    key = (setting, filled_recipe(resolved_options(setting, variant)), resolved_x_mode(variant),
            windows or table.calib_windows)
     for other in TABLES.values():
         if other is table or (other.model, other.eval_windows, other.seq_len) != \
@@ -202,7 +216,7 @@ def same_measurement(table: Table, spec: tuple) -> dict | None:
         for row in load_rows(other).values():
             if "error" in row or row.get("measured_in"):
                 continue
-            if (row["setting"], filled(row["recipe"]), row["x_mode"], row["calibration_windows"]) == key:
+            if (row["setting"], filled_recipe(row["recipe"]), row["x_mode"], row["calibration_windows"]) == key:
                 return {**row, "id": row_id(setting, variant, windows), "variant": variant.label,
                         "measured_in": other.page}
     return None
@@ -341,8 +355,10 @@ def page(table: Table, rows: list) -> str:
         "| setting | variant | wiki ppl | wiki KL | news ppl | news KL | quantize (s) | peak RSS (MiB) |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
+    specs = {row_id(*spec): spec for spec in table.rows}
     for row in rows:
-        head = f"| {row['setting']} | {row['variant']}" + (
+        stale = row["id"] in specs and "error" not in row and not is_current(specs[row["id"]], row)
+        head = f"| {row['setting']} | {row['variant']}" + (" (stale: measured under an earlier default)" if stale else "") + (
             f" ({row['calibration_windows']} windows)" if row.get("calibration_windows") not in (None, table.calib_windows)
             and row["algorithm"] != FLOAT else "") + (" ‡" if row.get("measured_in") else "") + " |"
         if "error" in row:
@@ -384,9 +400,12 @@ def main() -> int:
         return 0
     stored = load_rows(table)
     ids = [row_id(*spec) for spec in table.rows]
+    current = {row_id(*spec) for spec in table.rows if row_id(*spec) in stored and is_current(spec, stored[row_id(*spec)])}
     if args.list:
-        for identifier in ids:
-            print(("stored " if identifier in stored and "error" not in stored[identifier] else "missing ") + identifier)
+        for spec in table.rows:
+            identifier = row_id(*spec)
+            state = "stored " if identifier in current else "stale  " if identifier in stored else "missing "
+            print(state + identifier)
         return 0
     unknown = sorted(set(args.only or []) - set(ids))
     if unknown:
@@ -395,8 +414,7 @@ def main() -> int:
     if args.only:  # in the order given
         by_id = {row_id(*spec): spec for spec in selected}
         selected = [by_id[identifier] for identifier in args.only if identifier in by_id]
-    todo = [spec for spec in selected
-            if args.rerun or row_id(*spec) not in stored or "error" in stored[row_id(*spec)]]
+    todo = [spec for spec in selected if args.rerun or row_id(*spec) not in current]
     if not args.rerun:
         for spec in list(todo):
             copied = same_measurement(table, spec)

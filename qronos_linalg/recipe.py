@@ -94,11 +94,12 @@ def _optq_family(spec) -> dict:
 
 
 def _yaqa(spec) -> dict:
-    return {"damp": spec.damping, "damp_mode": spec.damping_mode, "block_size": spec.block_size}
+    return {"damp": spec.damping, "damp_mode": spec.damping_mode, "block_size": spec.block_size,
+            "act_order": spec.act_ordered}
 
 
 SOLVERS = {solver.name: solver for solver in (
-    Solver("rtn", (), None, lambda W, S, grid, spec: rtn(W, grid), "round to nearest"),
+    Solver("rtn", (), None, lambda W, S, grid, spec: rtn(W, grid), "round to nearest", act_order_supported=False),
     Solver("optq", ("H",), DEFAULT_DAMP, lambda W, S, grid, spec: optq(W, S["H"], grid, **_optq_family(spec)),
            "OPTQ/GPTQ: min ‖X̃(w − q)‖², error feedback through the Cholesky factor of H⁻¹",
            default_act_order=DEFAULT_ACT_ORDER),
@@ -113,8 +114,7 @@ SOLVERS = {solver.name: solver for solver in (
            "Qronos: correct the past (X̃ vs Xw), shape the future (OPTQ on H)", default_act_order=DEFAULT_ACT_ORDER),
     Solver("yaqa", ("H", "H_out"), DEFAULT_DAMP,
            lambda W, S, grid, spec: yaqa(W, S["H"], S["H_out"], grid, **_yaqa(spec)),
-           "YAQA: OPTQ on vec(W) with the Kronecker Hessian H_out ⊗ H_in of the network's output KL",
-           act_order_supported=False),
+           "YAQA: OPTQ on vec(W) with the Kronecker Hessian H_out ⊗ H_in of the network's output KL"),
 )}
 #: Algorithm names in registry order.
 ALGORITHMS = tuple(SOLVERS)
@@ -153,7 +153,8 @@ class SolverSpec:
         if self.act_order is not None and not isinstance(self.act_order, bool):
             raise ValueError(f"act_order must be true, false or None (the solver's default), got {self.act_order!r}")
         if self.act_order and not self.solver.act_order_supported:
-            raise ValueError(f"{self.algorithm} rounds in a fixed order and has no act-order; drop act_order (--act-order)")
+            raise ValueError(f"{self.algorithm} rounds every entry on its own, so it has no act-order; drop act_order "
+                             "(--act-order)")
         check_block_size(self.block_size)
         if isinstance(self.gptaq_alpha, bool) or not isinstance(self.gptaq_alpha, (int, float)) \
                 or not math.isfinite(self.gptaq_alpha):

@@ -105,20 +105,25 @@ class _Problem:
                     "nothing to fit (use rtn, or check the calibration data)"
                 )
         self.grid = grid
-        self.act_order = bool(act_order)
-        groups = grid.column_group(n, xp, W)
-        if act_order:
-            p = self.perm = xp.argsort_descending(xp.diag(H))
-            W, groups = W[:, p], groups[p]
-            H = H[p][:, p]
-            G = None if G is None else G[p][:, p]
-        else:
-            self.perm = xp.arange(n, like=W)
-        self.W, self.H, self.G = W, H, G
+        self.W = W
         # Grid of each column in processing order, gathered per block (no out × in expansion).
-        self.groups = groups
+        self.groups = grid.column_group(n, xp, W)
+        self.act_order, self.perm = False, xp.arange(n, like=W)
+        if act_order:
+            H = self.order_columns(H)
+            G = None if G is None else G[self.perm][:, self.perm]
+        self.H, self.G = H, G
         self.group_scale = xp.asarray(grid.scale, self.dtype, like=W)
         self.group_zero = xp.asarray(grid.zero, self.dtype, like=W)
+
+    def order_columns(self, M):
+        """Act-order: process the columns by decreasing ``diag(M)`` (W and the columns' grid follow);
+        returns M in that order. :meth:`result` puts the codes back."""
+        xp = self.xp
+        p = self.perm = xp.argsort_descending(xp.diag(M))
+        self.act_order = True
+        self.W, self.groups = self.W[:, p], self.groups[p]
+        return M[p][:, p]
 
     def _matrix(self, M, name, n, like, statistics, meaning):
         if M is None:

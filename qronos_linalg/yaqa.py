@@ -42,8 +42,9 @@ class YaqaResult(QuantResult):
 
 
 def yaqa(W, H_in, H_out, grid: UniformGrid, *, damp: float = DEFAULT_DAMP, block_size: int = DEFAULT_BLOCK_SIZE,
-         damp_mode: str = "relative") -> YaqaResult:
-    """YAQA: minimise ``tr(ΔW H_in ΔWᵀ H_out)`` by OPTQ on vec(W), rows then columns ascending.
+         damp_mode: str = "relative", act_order: bool = False) -> YaqaResult:
+    """YAQA: minimise ``tr(ΔW H_in ΔWᵀ H_out)`` by OPTQ on vec(W), rows then columns ascending (``act_order``:
+    the columns by decreasing ``diag(H_in)``, as OPTQ's act-order; the rows keep their order).
 
     With ``H_λ⁻¹ = UᵀU`` for each damped factor and ``Ū_out = diag(U_out)⁻¹ U_out``, row r starts from
     ``S_r = W_r − Σ_{r'<r} Ū_out[r', r] (S_{r'} − Q_{r'})`` and is rounded by OPTQ along its columns with U_in,
@@ -52,12 +53,15 @@ def yaqa(W, H_in, H_out, grid: UniformGrid, *, damp: float = DEFAULT_DAMP, block
     :func:`~qronos_linalg.optq` (``λ = damp · mean(diag)`` of that factor, or σ_max with ``damp_mode``,
     escalated on its own: ``result.damp`` is H_in's, ``result.damp_out`` H_out's). Dead columns
     (``H_in[c, c] = 0``) round to Q(0); dead rows (``H_out[r, r] = 0``) are decoupled, so OPTQ on H_in alone
-    rounds them. ``yaqa(W, H_in, I, grid)`` is ``optq(W, H_in, grid)``.
+    rounds them. ``yaqa(W, H_in, I, grid)`` is ``optq(W, H_in, grid)``, with ``act_order`` too.
     """
     p = _Problem(W, None, None, grid, block_size=block_size, damp=damp, damp_mode=damp_mode)
     xp = p.xp
     out, n = p.W.shape
-    inner = _damped_factor(_factor(H_in, "H_in", n, p), "H_in", "damp", damp, xp, damp_mode)
+    H_in = _factor(H_in, "H_in", n, p)
+    if act_order:
+        H_in = p.order_columns(H_in)
+    inner = _damped_factor(H_in, "H_in", "damp", damp, xp, damp_mode)
     outer = _damped_factor(_factor(H_out, "H_out", out, p), "H_out", "damp_out", damp, xp, damp_mode)
     Ubar_out = outer.U
     Ubar_out /= xp.diag(Ubar_out)[:, None]  # in place: the unit factor diag(U_out)⁻¹ U_out

@@ -140,6 +140,6 @@ def test_quantize_lm_with_yaqa_uses_the_first_hessian_sequences_windows(tmp_path
     assert summary["layers"] == 14 and report["calibration_windows"] == 2
     assert {layer["objective"] for layer in report["layers"]} == {"kronecker"}
     assert summary["mean_rel_error"] < summary["mean_rel_error_rtn"]
-    assert cli.main(["quantize-lm", str(model_folder), "--algo", "yaqa", "--act-order", "--text-file",
+    assert cli.main(["quantize-lm", str(model_folder), "--algo", "rtn", "--act-order", "--text-file",
                      str(text_file), "-o", str(tmp_path / "z"), "--quiet"]) == 2
     assert "has no act-order" in capsys.readouterr().err

@@ -84,4 +84,4 @@ def test_a_model_without_a_language_model_head_is_refused():
     with pytest.raises(ValueError, match="no language-model head"):
         kronecker_factors(Encoder(), token_batch(1, 4), progress=False)
     with pytest.raises(ValueError, match="has no act-order"):
-        recipe(algo="yaqa", act_order=True)
+        recipe(algo="rtn", act_order=True)

@@ -112,6 +112,23 @@ def test_results_do_not_depend_on_block_size(opts, damp, small_block, large_bloc
 # --- reductions and fixed points -----------------------------------------------------------------
 
 
+@EQUIVALENCE
+@given(problem_options, damps, block_sizes)
+def test_act_order_is_the_direct_form_in_the_order_of_decreasing_input_diagonal(opts, damp, block_size):
+    """act_order: rows ascending, within each row the columns by decreasing diag(H_in) — the direct form in that
+    flat order — and with H_out = I the codes of OPTQ's act-order."""
+    p, H_out = kronecker_problem(opts)
+    out, n = p.W.shape
+    result = yaqa(p.W, p.H, H_out, p.grid, damp=damp, block_size=block_size, act_order=True)
+    columns = np.argsort(-np.diag(p.H), kind="stable")
+    np.testing.assert_array_equal(result.perm, columns)
+    flat = (np.arange(out)[:, None] * n + columns[None, :]).reshape(-1)
+    np.testing.assert_array_equal(result.codes, yaqa_naive(p.W, p.H, H_out, p.grid, damp=damp, order=flat))
+    np.testing.assert_array_equal(yaqa(p.W, p.H, np.eye(out), p.grid, damp=damp, block_size=block_size,
+                                       act_order=True).codes,
+                                  optq(p.W, p.H, p.grid, damp=damp, block_size=block_size, act_order=True).codes)
+
+
 @PROPERTY
 @given(problem_options, damps, block_sizes, st.sampled_from(["identity", "diagonal"]))
 def test_a_diagonal_output_factor_reduces_to_optq(opts, damp, block_size, kind):
