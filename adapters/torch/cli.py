@@ -166,7 +166,10 @@ def quantize_lm(args) -> int:
         raise ValueError(f"--dist-timeout must be positive, got {timeout_s}")
     parallel = DataParallel.initialize(timeout_s=timeout_s) if launched_distributed() else None
     try:
-        return _quantize_lm(args, parallel)
+        status = _quantize_lm(args, parallel)
+        if parallel is not None:
+            parallel.finish()
+        return status
     finally:
         if parallel is not None:
             parallel.close()

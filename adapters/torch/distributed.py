@@ -80,8 +80,14 @@ class DataParallel:
             dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), **options)
         return cls(dist.get_rank(), dist.get_world_size(), timeout_s)
 
+    def finish(self) -> None:
+        """Wait until every rank is done (rank 0 writes while the others have nothing left to do), so that no
+        rank tears its connections down while another still uses them."""
+        with self.collective("waiting for the other ranks to finish"):
+            dist.barrier()
+
     def close(self) -> None:
-        """Leave the process group (the end of the run)."""
+        """Leave the process group (the end of the run, also after an error)."""
         if dist.is_initialized():
             dist.destroy_process_group()
 
