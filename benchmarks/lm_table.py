@@ -263,7 +263,7 @@ def run_row(table: Table, setting: str, variant: Variant, windows: int | None, w
         "id": row_id(setting, variant, windows),
         "setting": setting, "variant": variant.label, "algorithm": variant.algorithm,
         "x_mode": resolved_x_mode(variant),
-        "recipe": options, "calibration_windows": calib_windows,
+        "recipe": None if options is None else filled_recipe(options), "calibration_windows": calib_windows,
         "scores": scores, "quantization_time_s": quant_time, "time_split_s": split,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "threads": torch.get_num_threads(),

@@ -114,7 +114,8 @@ SOLVERS = {solver.name: solver for solver in (
            "Qronos: correct the past (X̃ vs Xw), shape the future (OPTQ on H)", default_act_order=DEFAULT_ACT_ORDER),
     Solver("yaqa", ("H", "H_out"), DEFAULT_DAMP,
            lambda W, S, grid, spec: yaqa(W, S["H"], S["H_out"], grid, **_yaqa(spec)),
-           "YAQA: OPTQ on vec(W) with the Kronecker Hessian H_out ⊗ H_in of the network's output KL"),
+           "YAQA: OPTQ on vec(W) with the Kronecker Hessian H_out ⊗ H_in of the network's output KL",
+           default_act_order=DEFAULT_ACT_ORDER),
 )}
 #: Algorithm names in registry order.
 ALGORITHMS = tuple(SOLVERS)
