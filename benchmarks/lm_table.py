@@ -163,13 +163,13 @@ def cache_root() -> Path:
 
 
 def resolved_options(setting: str, variant: Variant) -> dict:
-    """The row's full recipe options: the CLI defaults, then the setting's grid, then the variant's changes."""
+    """The row's full recipe options: the CLI defaults, then the setting's grid, then the variant's changes,
+    with the solver's defaults written out (:func:`filled_recipe`)."""
     from qronos_linalg.adapters.torch.cli import DEFAULT_RECIPE
-    from qronos_linalg.options import recipe_from_options, recipe_to_options
+    from qronos_linalg.options import recipe_to_options
 
     options = {key: value for key, value in SETTINGS[setting].items() if key != "hadamard"}
-    return recipe_to_options(recipe_from_options({**recipe_to_options(DEFAULT_RECIPE), **options,
-                                                  **variant.options()}))
+    return filled_recipe({**recipe_to_options(DEFAULT_RECIPE), **options, **variant.options()})
 
 
 def resolved_x_mode(variant: Variant) -> str | None:
@@ -195,8 +195,7 @@ def is_current(spec: tuple, row: dict) -> bool:
         return False
     if variant.algorithm == FLOAT:
         return True
-    return (filled_recipe(row["recipe"]), row["x_mode"]) == \
-        (filled_recipe(resolved_options(setting, variant)), resolved_x_mode(variant))
+    return (filled_recipe(row["recipe"]), row["x_mode"]) == (resolved_options(setting, variant), resolved_x_mode(variant))
 
 
 def same_measurement(table: Table, spec: tuple) -> dict | None:
@@ -207,7 +206,7 @@ def same_measurement(table: Table, spec: tuple) -> dict | None:
     setting, variant, windows = spec
     if variant.algorithm == FLOAT:
         return None
-    key = (setting, filled_recipe(resolved_options(setting, variant)), resolved_x_mode(variant),
+    key = (setting, resolved_options(setting, variant), resolved_x_mode(variant),
            windows or table.calib_windows)
     for other in TABLES.values():
         if other is table or (other.model, other.eval_windows, other.seq_len) != \
@@ -263,7 +262,7 @@ def run_row(table: Table, setting: str, variant: Variant, windows: int | None, w
         "id": row_id(setting, variant, windows),
         "setting": setting, "variant": variant.label, "algorithm": variant.algorithm,
         "x_mode": resolved_x_mode(variant),
-        "recipe": None if options is None else filled_recipe(options), "calibration_windows": calib_windows,
+        "recipe": options, "calibration_windows": calib_windows,
         "scores": scores, "quantization_time_s": quant_time, "time_split_s": split,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "threads": torch.get_num_threads(),
