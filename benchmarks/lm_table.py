@@ -62,6 +62,8 @@ class Variant:
     act_order: bool | None = None
     damp: float | None = None
     damp_mode: str | None = None
+    #: Statistics products (``quantize_causal_lm(product_dtype=...)``): None = float64, the default.
+    products: str | None = None
 
     @property
     def label(self) -> str:
@@ -74,6 +76,8 @@ class Variant:
             parts.append("act-order" if self.act_order else "no act-order")
         if self.damp is not None:
             parts.append(f"damp {self.damp:g}" + (" spectral" if self.damp_mode == "spectral" else ""))
+        if self.products is not None:
+            parts.append(self.products.replace("float", "fp") + " products")
         return " ".join(parts)
 
     def options(self) -> dict:
@@ -126,6 +130,7 @@ def _study_rows(setting: str) -> list:
     rows += [(setting, Variant("optq", act_order=True, damp=0.1), None),
              (setting, Variant("gptaq", x_mode="float", act_order=True, damp=0.1), None)]
     rows += [(setting, Variant("yaqa", act_order=flag), None) for flag in (False, True)]
+    rows += [(setting, Variant("optq", act_order=True, products="float32"), None)]  # how far a tiny perturbation moves
     return rows
 
 
@@ -139,7 +144,11 @@ TABLES = {table.name: table for table in (
     Table("smollm2-defaults", "smollm2", "SmolLM2-135M-Instruct: the measurements behind the defaults",
           "results_lm_defaults", SMOLLM2_DESCRIPTION, 128, 40,
           tuple([(FLOAT, Variant(FLOAT), None)] + [row for setting in ("W4 per-channel asym", "W3 g128 asym")
-                                                   for row in _study_rows(setting)])),
+                                                   for row in _study_rows(setting)]),
+          notes=("", "`fp32 products`: the statistics' products in float32 over chunks of 2,048 rows summed in "
+                     "float64 (as the peers accumulate H in float32) instead of float64 — the same algorithm "
+                     "perturbed by rounding alone, so its distance to the float64 row is the scale below which "
+                     "two implementations of one algorithm (ours and a peer's) cannot be told apart.")),
     Table("smollm2-calibration", "smollm2", "SmolLM2-135M-Instruct: calibration size", "results_lm_calibration",
           SMOLLM2_DESCRIPTION, 128, 40,
           tuple([(FLOAT, Variant(FLOAT), None)] + [("W3 g128 asym", Variant(algorithm), windows)
@@ -195,27 +204,28 @@ def is_current(spec: tuple, row: dict) -> bool:
         return False
     if variant.algorithm == FLOAT:
         return True
-    return (filled_recipe(row["recipe"]), row["x_mode"]) == (resolved_options(setting, variant), resolved_x_mode(variant))
+    return (filled_recipe(row["recipe"]), row["x_mode"], row.get("products")) == \
+        (resolved_options(setting, variant), resolved_x_mode(variant), variant.products)
 
 
 def same_measurement(table: Table, spec: tuple) -> dict | None:
     """A stored row of another table that is this row's measurement: same model, windows and evaluation, same
     setting, the same resolved recipe and X (e.g. ``smollm2``'s "optq" and ``smollm2-defaults``' "optq
-    act-order" while act-order is the default). Returned as this table's row, with ``measured_in`` naming the
-    source."""
+    act-order" while act-order is the default; the float model's row). Returned as this table's row, with
+    ``measured_in`` naming the source."""
     setting, variant, windows = spec
-    if variant.algorithm == FLOAT:
-        return None
-    key = (setting, resolved_options(setting, variant), resolved_x_mode(variant),
-           windows or table.calib_windows)
+    key = None if variant.algorithm == FLOAT else (setting, resolved_options(setting, variant),
+                                                   resolved_x_mode(variant), variant.products,
+                                                   windows or table.calib_windows)
     for other in TABLES.values():
         if other is table or (other.model, other.eval_windows, other.seq_len) != \
                 (table.model, table.eval_windows, table.seq_len):
             continue
         for row in load_rows(other).values():
-            if "error" in row or row.get("measured_in"):
+            if "error" in row or row.get("measured_in") or (row["algorithm"] == FLOAT) != (key is None):
                 continue
-            if (row["setting"], filled_recipe(row["recipe"]), row["x_mode"], row["calibration_windows"]) == key:
+            if key is None or (row["setting"], filled_recipe(row["recipe"]), row["x_mode"], row.get("products"),
+                               row["calibration_windows"]) == key:
                 return {**row, "id": row_id(setting, variant, windows), "variant": variant.label,
                         "measured_in": other.page}
     return None
@@ -244,7 +254,8 @@ def run_row(table: Table, setting: str, variant: Variant, windows: int | None, w
         if SETTINGS[setting].get("hadamard", False):
             rotate_llama(model, seed=0)
         report = quantize_causal_lm(model, data["calibration"][:calib_windows], recipe,
-                                    x_mode=variant.x_mode, errors=False, progress=False)
+                                    x_mode=variant.x_mode, errors=False, progress=False,
+                                    product_dtype=variant.products)
         quant_time, split = time.perf_counter() - start, report["time_split_s"]
     reference = None if data["log_probs"] else load_model(table.model)[0]
     scores = {}
@@ -262,7 +273,7 @@ def run_row(table: Table, setting: str, variant: Variant, windows: int | None, w
         "id": row_id(setting, variant, windows),
         "setting": setting, "variant": variant.label, "algorithm": variant.algorithm,
         "x_mode": resolved_x_mode(variant),
-        "recipe": options, "calibration_windows": calib_windows,
+        "recipe": options, "products": variant.products, "calibration_windows": calib_windows,
         "scores": scores, "quantization_time_s": quant_time, "time_split_s": split,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "threads": torch.get_num_threads(),

@@ -27,6 +27,7 @@ from qronos_linalg.recipe import Recipe, solve
 
 from .actquant import InputTransform
 from .hooks import StopForward, named_modules, run_until_stopped, temporary_hooks
+from .reuse import OutputReuse, settled_modules
 
 __all__ = [
     "SUPPORTED_LAYERS",
@@ -244,7 +245,10 @@ def quantize_layers_in_block(
     captures the inputs of every group at once; with ``keep_float_outputs`` it runs to the end and its
     outputs (the float stream's next state) are returned, else it stops after the last capture and None
     is returned. X̃ comes from the quantized block, once per group after the earlier groups are quantized,
-    each forward stopped as soon as the group's inputs are captured. Where X̃ equals X bitwise (the first
+    each forward stopped as soon as the group's inputs are captured; a submodule whose layers are all
+    quantized by then runs once more per batch and its output is reused by the later forwards
+    (:class:`~.reuse.OutputReuse`: a Llama block's attention runs twice per batch, not three times).
+    Where X̃ equals X bitwise (the first
     group when X is the float block on the quantized stream), the statistics take one product for both.
     With ``advance`` the quantized block's outputs (the quantized stream's next state) are returned too:
     when the last group is one Linear whose output is added to the block's output (a residual block;
@@ -284,47 +288,54 @@ def quantize_layers_in_block(
             groups = discover_groups(quant_block, layer_names, quant_runs[0])
     quant_modules = dict(quant_block.named_modules())
     sharings = [_stats_sharing(group, quant_modules) for group in groups]
+    # settled[p]: the submodules with every layer quantized before group p (e.g. self_attn once o is); one is
+    # kept while group p runs if the next forward can reuse it (it is still among the largest settled there)
+    settled = [settled_modules(quant_block, layer_names, {name for group in groups[:p] for name in group})
+               for p in range(len(groups) + 1)]
     outcome, quant_outputs = {}, None
-    for position, (group, sharing) in enumerate(zip(groups, sharings)):
-        last = position == len(groups) - 1
-        correct = advance and last and len(group) == 1 and isinstance(quant_modules[group[0]], nn.Linear)
-        stats = {}
-        for members in sharing:
-            label = prefix + members[0] + (f" (shared by {', '.join(members[1:])})" if len(members) > 1 else "")
-            in_features = layer_weight_matrix(quant_modules[members[0]]).shape[1]
-            shared = LayerStats(in_features, dtype=stats_dtype, product_dtype=product_dtype, name=label,
-                                statistics=statistics)
-            stats.update({name: shared for name in members})
-        representatives = [members[0] for members in sharing]
-        last_inputs, last_outputs = [], []
-        for batch, quant_run in enumerate(quant_runs):
-            with timer.phase("quantized_forward"):
-                X_tilde, output = capture_inputs(quant_block, representatives, quant_run, stop=not correct)
+    with OutputReuse(quant_block) as reuse:
+        runs = reuse.runs(quant_runs)
+        for position, (group, sharing) in enumerate(zip(groups, sharings)):
+            last = position == len(groups) - 1
+            correct = advance and last and len(group) == 1 and isinstance(quant_modules[group[0]], nn.Linear)
+            reuse.keep([name for name in settled[position] if name in settled[position + 1]])
+            stats = {}
+            for members in sharing:
+                label = prefix + members[0] + (f" (shared by {', '.join(members[1:])})" if len(members) > 1 else "")
+                in_features = layer_weight_matrix(quant_modules[members[0]]).shape[1]
+                shared = LayerStats(in_features, dtype=stats_dtype, product_dtype=product_dtype, name=label,
+                                    statistics=statistics)
+                stats.update({name: shared for name in members})
+            representatives = [members[0] for members in sharing]
+            last_inputs, last_outputs = [], []
+            for batch, quant_run in enumerate(runs):
+                with timer.phase("quantized_forward"):
+                    X_tilde, output = capture_inputs(quant_block, representatives, quant_run, stop=not correct)
+                if correct:
+                    last_inputs.append(X_tilde[representatives[0]])
+                    last_outputs.append(hidden_of(output))
+                with timer.phase("statistics"):
+                    for name in representatives:
+                        X = None if float_inputs is None else float_inputs[batch][name]
+                        same = X is not None and torch.equal(X, X_tilde[name])
+                        stats[name].update(X if X is not None else X_tilde[name], None if same else X_tilde[name])
+                    for name in group if float_inputs is not None else ():
+                        del float_inputs[batch][name]  # this group's X is no longer needed
+            solved = _solve_group(group, sharing, stats, quant_modules, recipe, prefix, errors, parallel, timer)
+            for name in group:
+                layer = quant_modules[name]
+                result, report = solved[prefix + name]
+                change = (result.weight.to(layer.weight.dtype) - layer_weight_matrix(layer)).T if correct else None
+                set_layer_weight(layer, result.weight)
+                outcome[prefix + name] = (result, report)
+                if on_layer is not None:
+                    on_layer(prefix + name)
             if correct:
-                last_inputs.append(X_tilde[representatives[0]])
-                last_outputs.append(hidden_of(output))
-            with timer.phase("statistics"):
-                for name in representatives:
-                    X = None if float_inputs is None else float_inputs[batch][name]
-                    same = X is not None and torch.equal(X, X_tilde[name])
-                    stats[name].update(X if X is not None else X_tilde[name], None if same else X_tilde[name])
-                for name in group if float_inputs is not None else ():
-                    del float_inputs[batch][name]  # this group's X is no longer needed
-        solved = _solve_group(group, sharing, stats, quant_modules, recipe, prefix, errors, parallel, timer)
-        for name in group:
-            layer = quant_modules[name]
-            result, report = solved[prefix + name]
-            change = (result.weight.to(layer.weight.dtype) - layer_weight_matrix(layer)).T if correct else None
-            set_layer_weight(layer, result.weight)
-            outcome[prefix + name] = (result, report)
-            if on_layer is not None:
-                on_layer(prefix + name)
-        if correct:
-            with timer.phase("quantized_forward"):
-                quant_outputs = _corrected_outputs(quant_runs, last_inputs, last_outputs, change)
-    if advance and quant_outputs is None:
-        with timer.phase("quantized_forward"), torch.no_grad():
-            quant_outputs = [hidden_of(run()) for run in quant_runs]
+                with timer.phase("quantized_forward"):
+                    quant_outputs = _corrected_outputs(runs, last_inputs, last_outputs, change)
+        if advance and quant_outputs is None:
+            with timer.phase("quantized_forward"), torch.no_grad():
+                quant_outputs = [hidden_of(run()) for run in runs]
     return outcome, float_outputs, quant_outputs
 
 

@@ -162,7 +162,8 @@ def quantize_causal_lm(
     errors (they need G and H_float, hence the float stream, for every solver). Work done per block: the
     float stream (only where X is needed: G, or the errors) advances by one forward that also captures X
     for every layer; the quantized stream runs once per layer group, stopped at the group, and once more
-    to advance. A recipe that needs no statistics (RTN) without errors runs no calibration forward at
+    to advance (a submodule whose layers are all quantized runs once more per batch, its output reused
+    by the later runs). A recipe that needs no statistics (RTN) without errors runs no calibration forward at
     all, and ``calibration`` may then be None. YAQA (``recipe`` needing H_out) instead takes each layer's
     Kronecker factors from one forward and backward of the float model per calibration window, with
     labels sampled from its own softmax (``seed``; :mod:`.hessians`), and rounds every layer with them;
