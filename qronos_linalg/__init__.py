@@ -8,7 +8,7 @@ from .grid import UniformGrid
 from .linalg import DampingEscalationWarning, NotPositiveDefiniteError
 from .solvers import QuantResult, gpfq, gptaq, optq, output_error, qronos, rtn
 from .stats import LayerStats
-from .yaqa import YaqaResult, yaqa
+from .yaqa import YaqaResult, yaqa, yaqa_qronos
 
 __version__ = "0.1.0"
 
@@ -22,6 +22,7 @@ __all__ = [
     "gptaq",
     "qronos",
     "yaqa",
+    "yaqa_qronos",
     "YaqaResult",
     "output_error",
     "NotPositiveDefiniteError",

@@ -144,6 +144,46 @@ def yaqa_naive(W, H_in, H_out, grid: UniformGrid, *, damp, order=None):
     return codes.reshape(out, n).astype(np.uint8)
 
 
+def yaqa_qronos_naive(W, X, X_tilde, H_out, grid: UniformGrid, *, damp, order=None):
+    """YAQA's H_out with Qronos' view of the inputs, by definition: minimise the H_out-weighted output error
+    ``E(V) = ‖(X_a Wᵀ − X̃_a Vᵀ) L‖_F²`` entry by entry (``order``: of the out·in flat indices, default
+    row-major), rounding entry t to ``Q(v_t)`` and re-fitting every later entry by exact least squares.
+
+    ``X_a = [X; √λ I]``, ``X̃_a = [X̃; √λ I]`` with ``λ = damp · mean(diag X̃ᵀX̃)`` on the live columns (damping
+    as data); ``L Lᵀ`` = H_out damped by its own ``damp · mean(diag)`` (a dead row decoupled). From data: the
+    vectorised problem is ``‖A vec(V) − b‖`` with ``A = Lᵀ ⊗ X̃_a``. A dead column (X̃_t = 0) rounds to Q(0)
+    and is left out.
+    """
+    W = np.asarray(W, dtype=np.float64)
+    X, X_tilde = (np.asarray(M, dtype=np.float64) for M in (X, X_tilde))
+    grid.check_fits(W)
+    out, n = W.shape
+    order = np.arange(out * n) if order is None else np.asarray(order)
+    if sorted(order.tolist()) != list(range(out * n)):
+        raise ValueError("order must be a permutation of range(out_features · in_features)")
+    live = np.linalg.norm(X_tilde, axis=0) > 0
+    lam = damp * np.mean(np.sum(X_tilde * X_tilde, axis=0))
+    augment = np.sqrt(lam) * np.eye(n)[live]
+    X_a, X_tilde_a = np.vstack([X, augment]), np.vstack([X_tilde, augment])
+    L = np.linalg.cholesky(_decoupled_and_damped(H_out, damp)[0])
+    A = np.kron(L.T, X_tilde_a)  # A vec(V) = vec_columns(X̃_a Vᵀ L), vec(V) row-major
+    b = (X_a @ W.T @ L).reshape(-1, order="F")
+    fitted = np.tile(live, out)  # the entries in the least-squares problems
+    scale, zero = (params.reshape(-1) for params in grid.column_params(n, W, "float64"))
+    v, q, codes = np.zeros(out * n), np.zeros(out * n), np.zeros(out * n)
+    v[fitted] = np.linalg.lstsq(A[:, fitted], b, rcond=None)[0]
+    for k, t in enumerate(order):
+        codes[t] = quantize_to_codes(v[t], scale[t], zero[t], grid.qmin, grid.qmax, NUMPY)
+        q[t] = (codes[t] - zero[t]) * scale[t]
+        done = np.zeros(out * n, dtype=bool)
+        done[order[: k + 1]] = True
+        later = fitted & ~done
+        if later.any():
+            residual = b - A[:, fitted & done] @ q[fitted & done]
+            v[later] = np.linalg.lstsq(A[:, later], residual, rcond=None)[0]
+    return codes.reshape(out, n).astype(np.uint8)
+
+
 def _decoupled_and_damped(H, damp):
     """(H with each dead index t (H_tt = 0) decoupled to e_t and ``damp · mean(diag H)`` added to the live
     diagonal, the dead mask)."""

@@ -22,7 +22,7 @@ from .grid import (SEARCH_METHODS, UniformGrid, check_bits, check_group_size, ch
 from .magr import check_magr_alpha, magr
 from .solvers import (DEFAULT_BLOCK_SIZE, DEFAULT_DAMP, DEFAULT_GPTAQ_ALPHA, QuantResult, check_block_size,
                       check_damp, check_damp_mode, gpfq, gptaq, optq, output_error, qronos, rtn)
-from .yaqa import yaqa
+from .yaqa import yaqa, yaqa_qronos
 
 #: The statistics a solver can ask for: H = X̃ᵀX̃ (YAQA: its input factor H_in), G = X̃ᵀX, and YAQA's output
 #: factor H_out (H_float = XᵀX only for the report).
@@ -116,6 +116,10 @@ SOLVERS = {solver.name: solver for solver in (
            lambda W, S, grid, spec: yaqa(W, S["H"], S["H_out"], grid, **_yaqa(spec)),
            "YAQA: OPTQ on vec(W) with the Kronecker Hessian H_out ⊗ H_in of the network's output KL",
            default_act_order=DEFAULT_ACT_ORDER),
+    Solver("yaqa-qronos", ("H", "G", "H_out"), DEFAULT_DAMP,
+           lambda W, S, grid, spec: yaqa_qronos(W, S["H"], S["G"], S["H_out"], grid, **_yaqa(spec)),
+           "YAQA's H_out with Qronos' inputs: YAQA on the least-squares target W GᵀH⁻¹ of the partially "
+           "quantized layer", default_act_order=DEFAULT_ACT_ORDER),
 )}
 #: Algorithm names in registry order.
 ALGORITHMS = tuple(SOLVERS)
@@ -223,7 +227,7 @@ class Recipe:
 class LayerReport:
     """What ``solve`` did to one layer, with ``error = ‖XWᵀ − X̃Qᵀ‖²``, ``error_rtn`` (RTN on the same grid)
     and ``reference = ‖XWᵀ‖²`` from the statistics (None when the float statistics were not collected).
-    For YAQA (``objective`` "kronecker") the errors are the two-sided ``tr(ΔW H_in ΔWᵀ H_out)`` against
+    For YAQA (``objective`` "kronecker"; not yaqa-qronos, which reports the output error) the errors are the two-sided ``tr(ΔW H_in ΔWᵀ H_out)`` against
     ``tr(W H_in Wᵀ H_out)``, and ``error_one_sided`` / ``reference_one_sided`` the one-sided proxy
     ``tr(ΔW H_in ΔWᵀ)`` against ``tr(W H_in Wᵀ)`` (RTN's in ``error_rtn_one_sided``).
     ``input_gap = ‖X̃ − X‖_F / ‖X‖_F``; ``dead_columns``: inputs that were zero on every sample (rounded to
@@ -333,7 +337,7 @@ def solve(W, stats, grid_spec: GridSpec, solver_spec: SolverSpec, *, name: str |
                          damp=result.damp, damp_mode=result.damp_mode, dead_columns=dead, time_s=elapsed, note=note)
     if errors:
         rtn_weight = result.weight if result.algorithm == "rtn" else rtn(target, grid).weight
-        if "H_out" in solver.statistics:
+        if "H_out" in solver.statistics and not solver.uses_float_inputs:
             _kronecker_errors(report, W64, result.weight, rtn_weight, S["H"], S["H_out"])
         else:
             _output_errors(report, W64, result.weight, rtn_weight, stats, xp)

@@ -11,7 +11,7 @@ pass along its columns with U_in (proofs/yaqa_kronecker.md, docs/algorithms/yaqa
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from .grid import UniformGrid
 from .linalg import DampingEscalationWarning, NotPositiveDefiniteError, damped_system
@@ -67,6 +67,28 @@ def yaqa(W, H_in, H_out, grid: UniformGrid, *, damp: float = DEFAULT_DAMP, block
     Ubar_out /= xp.diag(Ubar_out)[:, None]  # in place: the unit factor diag(U_out)⁻¹ U_out
     result = p.result(_round_tiles(p, inner, Ubar_out), "yaqa", inner)
     return YaqaResult(**{f.name: getattr(result, f.name) for f in fields(result)}, damp_out=outer.damp)
+
+
+def yaqa_qronos(W, H, G, H_out, grid: UniformGrid, *, damp: float = DEFAULT_DAMP,
+                block_size: int = DEFAULT_BLOCK_SIZE, damp_mode: str = "relative",
+                act_order: bool = False) -> YaqaResult:
+    """YAQA's H_out with Qronos' view of the inputs: minimise the H_out-weighted output error of the partially
+    quantized layer, ``tr((XWᵀ − X̃Qᵀ) H_out (XWᵀ − X̃Qᵀ)ᵀ) = tr((Q − W⋆) H (Q − W⋆)ᵀ H_out) + const``.
+
+    ``W⋆ = W G_λᵀ H_λ⁻¹`` is the least-squares target (the damped statistics of :func:`~qronos_linalg.qronos`,
+    ``H_λ = H + λI``, ``G_λ = G + λI``), so this is ``yaqa(W⋆, H, H_out, grid)`` (proofs/yaqa_qronos.md). With
+    X̃ = X (G = H) it is :func:`yaqa` on W. Dead columns (``H_tt = 0``) keep W's value in W⋆ and round to Q(0).
+    """
+    p = _Problem(W, H, G, grid, statistics=("H", "G"), block_size=block_size, damp=damp, damp_mode=damp_mode)
+    xp = p.xp
+    system = damped_system(p.H, p.G, damp, xp, damp_mode)
+    U = system.U  # H_λ⁻¹ = UᵀU
+    offset = U.T @ (U @ (system.G - system.H))  # H_λ⁻¹ (G_λ − H_λ): W⋆ = W (I + offset)ᵀ
+    offset[system.dead] = 0
+    W_star = p.W + p.W @ offset.T
+    result = yaqa(W_star, p.H, H_out, grid, damp=damp, block_size=block_size, damp_mode=damp_mode,
+                  act_order=act_order)
+    return replace(result, weight=xp.cast(result.weight, p.W_dtype), algorithm="yaqa-qronos")
 
 
 def _factor(M, name, size, p):

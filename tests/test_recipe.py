@@ -15,7 +15,7 @@ from qronos_linalg.cli import Settings
 from qronos_linalg.options import ConfigError, load_config_file, recipe_from_options, recipe_to_options
 from qronos_linalg.recipe import (ALGORITHMS, SOLVERS, GridSpec, LayerReport, Recipe, SolverSpec, algorithms_using,
                                   solve)
-from qronos_linalg.yaqa import yaqa
+from qronos_linalg.yaqa import yaqa, yaqa_qronos
 from qronos_linalg.solvers import DEFAULT_DAMP
 from solver_problems import make_problem
 
@@ -30,6 +30,8 @@ DIRECT = {
                                               act_order=spec.act_order),
     "yaqa": lambda W, s, grid, spec: yaqa(W, s.H, s.H_out, grid, damp=spec.damping, block_size=spec.block_size,
                                           act_order=spec.act_order),
+    "yaqa-qronos": lambda W, s, grid, spec: yaqa_qronos(W, s.H, s.G, s.H_out, grid, damp=spec.damping,
+                                                        block_size=spec.block_size, act_order=spec.act_order),
 }
 
 
@@ -45,11 +47,11 @@ class Statistics:
 
 
 def test_the_registry_lists_every_algorithm_with_its_statistics():
-    assert ALGORITHMS == ("rtn", "optq", "gpfq", "gptaq", "qronos", "yaqa") == tuple(DIRECT)
+    assert ALGORITHMS == ("rtn", "optq", "gpfq", "gptaq", "qronos", "yaqa", "yaqa-qronos") == tuple(DIRECT)
     assert {name: s.statistics for name, s in SOLVERS.items()} == {
         "rtn": (), "optq": ("H",), "gpfq": ("H", "G"), "gptaq": ("H", "G"), "qronos": ("H", "G"),
-        "yaqa": ("H", "H_out")}
-    assert [name for name, s in SOLVERS.items() if s.damped] == ["optq", "gptaq", "qronos", "yaqa"]
+        "yaqa": ("H", "H_out"), "yaqa-qronos": ("H", "G", "H_out")}
+    assert [name for name, s in SOLVERS.items() if s.damped] == ["optq", "gptaq", "qronos", "yaqa", "yaqa-qronos"]
     assert algorithms_using(("H", "G")) == ALGORITHMS[:5]
     assert SolverSpec("rtn", magr_alpha=0.1).statistics == ("H",)
     assert SolverSpec("optq").damping == DEFAULT_DAMP and SolverSpec("gpfq").damping is None

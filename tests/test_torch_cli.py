@@ -143,3 +143,20 @@ def test_quantize_lm_with_yaqa_uses_the_first_hessian_sequences_windows(tmp_path
     assert cli.main(["quantize-lm", str(model_folder), "--algo", "rtn", "--act-order", "--text-file",
                      str(text_file), "-o", str(tmp_path / "z"), "--quiet"]) == 2
     assert "has no act-order" in capsys.readouterr().err
+
+
+def test_quantize_lm_yaqa_takes_every_window_by_default_and_yaqa_qronos_also_runs_the_streams(
+        tmp_path, model_folder, text_file, capsys):
+    common = ["--bits", "3", "--group-size", "16", "--text-file", str(text_file), "--seq-len", str(SEQ_LEN),
+              "--windows", "4", "--quiet"]
+    assert cli.main(["quantize-lm", str(model_folder), "--algo", "yaqa", *common, "-o", str(tmp_path / "y")]) == 0
+    assert json.loads((tmp_path / "y" / REPORT_JSON).read_text())["calibration_windows"] == 4
+    assert cli.main(["quantize-lm", str(model_folder), "--algo", "yaqa-qronos", "--hessian-sequences", "2", *common,
+                     "-o", str(tmp_path / "h"), "--report", str(tmp_path / "h.json")]) == 0
+    report = json.loads((tmp_path / "h" / REPORT_JSON).read_text())
+    assert report["calibration_windows"] == 4 and report["x_mode"] == "block"  # the streams use every window
+    assert {layer["objective"] for layer in report["layers"]} == {"output"}
+    assert report["time_split_s"]["gradients"] > 0 and report["time_split_s"]["quantized_forward"] > 0
+    assert cli.main(["quantize-lm", str(model_folder), "--algo", "yaqa-qronos", *common, "--hessian-sequences", "0",
+                     "-o", str(tmp_path / "bad")]) == 2
+    assert "--hessian-sequences must be at least 1, got 0" in capsys.readouterr().err

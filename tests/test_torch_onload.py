@@ -82,7 +82,8 @@ def test_quantize_lm_onload_flag_writes_the_same_codes_and_refuses_what_it_canno
     codes = [load_quantization_tensors(tmp_path / name) for name in ("onloaded", "memory")]
     assert codes[0].keys() == codes[1].keys() and all(torch.equal(codes[0][k], codes[1][k]) for k in codes[1])
     capsys.readouterr()
-    for extra, message in ((["--hadamard"], "transform the whole model"), (["--algo", "yaqa"], "YAQA needs"),
+    for extra, message in ((["--hadamard"], "transform the whole model"), (["--algo", "yaqa"], "yaqa needs the gradients"),
+                           (["--algo", "yaqa-qronos"], "yaqa-qronos needs the gradients"),
                            (["--format", "gguf"], "writes the dense folder")):
         assert cli.main([*common, "--onload", *extra, "-o", str(tmp_path / "refused")]) == 2
         assert message in capsys.readouterr().err

@@ -85,3 +85,54 @@ def test_a_model_without_a_language_model_head_is_refused():
         kronecker_factors(Encoder(), token_batch(1, 4), progress=False)
     with pytest.raises(ValueError, match="has no act-order"):
         recipe(algo="rtn", act_order=True)
+
+
+def _recording_solver(monkeypatch, algorithm, seen):
+    """Replace a registered solver's run by one that records the statistics it is given (layer order)."""
+    import dataclasses
+
+    from qronos_linalg.recipe import SOLVERS
+
+    solver = SOLVERS[algorithm]
+
+    def run(W, S, grid, spec):
+        seen.append({name: torch.as_tensor(value).clone() for name, value in S.items()})
+        return solver.run(W, S, grid, spec)
+
+    monkeypatch.setitem(SOLVERS, algorithm, dataclasses.replace(solver, run=run))
+
+
+@pytest.mark.parametrize("x_mode", ["float", "block"])
+def test_yaqa_qronos_takes_h_out_from_the_gradient_windows_and_h_g_from_the_streams(monkeypatch, windows, x_mode):
+    """H_out: the float model's gradient factors of the first ``gradient_windows`` windows; H and G: the two
+    streams of Qronos' pipeline (equal to Qronos' for the first group, which sees the unquantized embeddings;
+    with the float X, G ≠ H once the quantized stream departs)."""
+    hybrid, plain = [], []
+    _recording_solver(monkeypatch, "yaqa-qronos", hybrid)
+    _recording_solver(monkeypatch, "qronos", plain)
+    model, reference = tiny_llama(), tiny_llama()
+    expected = kronecker_factors(reference, windows[:2], {name: layer for name, layer in reference.named_modules()
+                                                          if name.startswith("model.layers.")
+                                                          and isinstance(layer, nn.Linear)}, progress=False)
+    report = quantize_causal_lm(model, windows, recipe(algo="yaqa-qronos", bits=3), x_mode=x_mode,
+                                gradient_windows=2, progress=False)
+    quantize_causal_lm(tiny_llama(), windows, recipe(algo="qronos", bits=3), x_mode=x_mode, progress=False)
+    names = [layer["name"] for layer in report["layers"]]
+    assert len(hybrid) == len(names) == 14 and report["algorithms"] == {"yaqa-qronos": 14}
+    for name, statistics in zip(names, hybrid):
+        torch.testing.assert_close(statistics["H_out"], expected[name].H_out, rtol=1e-10, atol=0)
+    for name in ("H", "G"):
+        torch.testing.assert_close(hybrid[0][name], plain[0][name], rtol=0, atol=0)
+    departed = [not torch.equal(statistics["G"], statistics["H"]) for statistics in hybrid[3:]]
+    assert all(departed) == (x_mode == "float")  # block X: each block's first group has X = X̃, so G = H
+    assert {layer["objective"] for layer in report["layers"]} == {"output"}  # its own errors: the output error
+    assert report["time_split_s"]["gradients"] > 0 and report["time_split_s"]["quantized_forward"] > 0
+
+
+def test_yaqa_qronos_refuses_what_it_cannot_do(windows):
+    with pytest.raises(ValueError, match="gradient_windows must be at least 1"):
+        quantize_causal_lm(tiny_llama(), windows, recipe(algo="yaqa-qronos", bits=3), gradient_windows=0,
+                           progress=False)
+    with pytest.raises(ValueError, match=r"yaqa-qronos runs in one process with the whole model loaded"):
+        quantize_causal_lm(tiny_llama(), windows, recipe(algo="yaqa-qronos", bits=3), parallel=object(),
+                           progress=False)

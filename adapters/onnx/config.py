@@ -41,8 +41,9 @@ class QuantConfig:
         if not isinstance(self.recipe, Recipe):
             raise ConfigError(f"recipe must be a Recipe, got {type(self.recipe).__name__}")
         if self.recipe.solver.algorithm not in ALGORITHMS:
-            raise ConfigError(f"the ONNX adapter runs {', '.join(ALGORITHMS)}; {self.recipe.solver.algorithm} needs "
-                              "gradients of a language model's loss (qronos quantize-lm --algo yaqa)")
+            algorithm = self.recipe.solver.algorithm
+            raise ConfigError(f"the ONNX adapter runs {', '.join(ALGORITHMS)}; {algorithm} needs gradients of a "
+                              f"language model's loss (qronos quantize-lm --algo {algorithm})")
         if self.format not in FORMATS:
             raise ConfigError(f"format must be one of {FORMATS}, got {self.format!r}")
         if self.accuracy_level is not None and self.accuracy_level not in ACCURACY_LEVELS:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from qronos_linalg.cli import HelpFormatter, Settings, add_common_arguments, emit, layer_table, require, set_threads
 from qronos_linalg.io import check_output, status, write_json_atomic
-from qronos_linalg.options import parse_choice, parse_float, parse_int, parse_optional_float
+from qronos_linalg.options import parse_choice, parse_float, parse_int, parse_optional_int, parse_optional_float
 from qronos_linalg.recipe import Recipe
 
 from . import DEFAULT_DIST_TIMEOUT_S, DEFAULT_HESSIAN_SEQUENCES, SOLVER_X_MODES, X_MODES
@@ -78,10 +78,10 @@ def register(subparsers) -> None:
                  group=lm_group, help="SmoothQuant migration strength α in [0, 1] (none: off)")
     settings.add("--blocks", dest="blocks", default=None, metavar="PATH", group=lm_group,
                  help="dotted path of the decoder-block ModuleList (none: found automatically)")
-    settings.add("--hessian-sequences", dest="hessian_sequences", default=DEFAULT_HESSIAN_SEQUENCES, type=parse_int,
-                 metavar="N", group=lm_group,
-                 help="YAQA only: the first N calibration windows give the Kronecker factors (one forward and "
-                      "backward of the float model each)")
+    settings.add("--hessian-sequences", dest="hessian_sequences", default=DEFAULT_HESSIAN_SEQUENCES,
+                 type=parse_optional_int, metavar="N", group=lm_group,
+                 help="YAQA and yaqa-qronos: the first N calibration windows give the Kronecker factors (one "
+                      "forward and backward of the float model each; none: every calibration window)")
     settings.add_switch("--onload", "onload", False, "read one decoder block at a time from the checkpoint's "
                         "safetensors, write it out and free it (memory independent of depth; dense output in "
                         "shards; docs/scale.md)", off=("--no-onload", "load the whole model (default)"),
@@ -186,7 +186,7 @@ def _quantize_lm(args, parallel) -> int:
     recipe = args.settings.recipe(values)
     check_smoothquant_alpha(values["smoothquant"])
     _check_text_file(values)
-    if not 1 <= values["hessian_sequences"]:
+    if values["hessian_sequences"] is not None and values["hessian_sequences"] < 1:
         raise ValueError(f"--hessian-sequences must be at least 1, got {values['hessian_sequences']}")
     check_model_name(args.model)
     check_output(args.output, overwrite=args.overwrite, what="output folder")
@@ -207,6 +207,8 @@ def _quantize_lm(args, parallel) -> int:
         raise ValueError("--gguf-type applies to --format gguf only")
     if values["onload"]:
         _check_onload(args, values, recipe)
+    if parallel is not None and "H_out" in recipe.solver.statistics and recipe.solver.solver.uses_float_inputs:
+        raise ValueError(f"--algo {recipe.solver.algorithm} does not run data-parallel yet: run one process")
     status(f"loading {args.model}", enabled=not quiet)
     folder = model_folder(args.model)
     tokenizer = load_tokenizer(folder)
@@ -279,11 +281,10 @@ def _quantize_in_memory(args, values: dict, recipe: Recipe, folder, tokenizer, c
         transforms["smoothquant"] = smooth_llama(model, calibration, values["smoothquant"])
     if values["hadamard"]:
         transforms["hadamard"] = rotate_llama(model, values["hadamard_seed"])
-    if "H_out" in recipe.solver.statistics:  # YAQA: its gradient windows
-        calibration = calibration[: values["hessian_sequences"]]
     report = quantize_causal_lm(model, calibration, recipe, blocks=values["blocks"], x_mode=values["x_mode"],
                                 errors=report_path is not None or "H_out" in recipe.solver.statistics,
-                                seed=values["seed"], progress=not quiet, parallel=parallel)
+                                gradient_windows=values["hessian_sequences"], seed=values["seed"],
+                                progress=not quiet, parallel=parallel)
     report["total_time_s"] = time.perf_counter() - start
     if parallel is not None and not parallel.is_main:
         return None
@@ -300,7 +301,8 @@ def _quantize_in_memory(args, values: dict, recipe: Recipe, folder, tokenizer, c
 def _check_onload(args, values: dict, recipe: Recipe) -> None:
     """ValueError for what block-by-block onloading cannot do (before anything is loaded)."""
     if "H_out" in recipe.solver.statistics:
-        raise ValueError("--onload: YAQA needs the gradients of the whole model; load it fully (no --onload)")
+        raise ValueError(f"--onload: {recipe.solver.algorithm} needs the gradients of the whole model (YAQA's factors); "
+                         "load it fully (no --onload)")
     if values["hadamard"] or values["smoothquant"] is not None:
         raise ValueError("--onload: the Hadamard rotation and SmoothQuant transform the whole model; load it fully")
     if args.format not in ("auto", "dense") or args.onnx is not None:

@@ -211,12 +211,13 @@ def float_copy(block: nn.Module) -> nn.Module:
 
 
 def needed_statistics(recipe: Recipe, errors: bool) -> tuple[str, ...]:
-    """The layer statistics a run accumulates: the solver's, and G and H_float for the report's errors
-    (YAQA's Kronecker factors H, H_out serve its errors too)."""
-    if "H_out" in recipe.solver.statistics:
-        return recipe.solver.statistics
-    needed = set(recipe.solver.statistics) | ({"H", "G", "H_float"} if errors else set())
-    return tuple(name for name in STATISTIC_NAMES if name in needed)
+    """The layer statistics a run collects: the solver's, and G and H_float for the report's errors (YAQA's
+    Kronecker factors H, H_out serve its errors too; yaqa-qronos' H_out comes with the stream statistics)."""
+    spec = recipe.solver
+    if "H_out" in spec.statistics and not spec.solver.uses_float_inputs:
+        return spec.statistics
+    needed = set(spec.statistics) | ({"H", "G", "H_float"} if errors else set())
+    return tuple(name for name in (*STATISTIC_NAMES, "H_out") if name in needed)
 
 
 def quantize_layers_in_block(
@@ -236,6 +237,7 @@ def quantize_layers_in_block(
     on_layer=None,
     timer: PhaseTimer | None = None,
     parallel=None,
+    output_factors: dict | None = None,
 ):
     """Quantize the supported layers of ``quant_block`` in place, group after group; returns
     ``({name: (result, report)}, float outputs, quantized outputs)``.
@@ -259,6 +261,8 @@ def quantize_layers_in_block(
     ``on_layer(name)`` is called after each layer; ``timer`` collects the seconds per phase.
     ``parallel`` (a :class:`~.distributed.DataParallel`): the runs are this rank's share of the calibration;
     statistics are reduced to each layer's owner rank, which solves it and broadcasts the solution.
+    ``output_factors``: ``{prefix + name: H_out}`` of every layer, for a solver that also needs H_out
+    (yaqa-qronos); each is dropped once its layer is solved.
     """
     timer = timer or PhaseTimer()
     if layer_names is None:
@@ -266,6 +270,9 @@ def quantize_layers_in_block(
     if not layer_names:
         return {}, None, ([hidden_of(run()) for run in quant_runs] if advance else None)
     statistics = needed_statistics(recipe, errors)
+    if "H_out" in statistics and output_factors is None:
+        raise ValueError(f"{recipe.solver.algorithm} needs each layer's output-side factor H_out (output_factors)")
+    stream_statistics = tuple(name for name in statistics if name in STATISTIC_NAMES)
     needs_x = "G" in statistics or "H_float" in statistics
     if needs_x and (float_block is None or float_runs is None):
         raise ValueError(f"{recipe.solver.algorithm} (with errors={errors}) needs the float model's inputs X")
@@ -304,7 +311,7 @@ def quantize_layers_in_block(
                 label = prefix + members[0] + (f" (shared by {', '.join(members[1:])})" if len(members) > 1 else "")
                 in_features = layer_weight_matrix(quant_modules[members[0]]).shape[1]
                 shared = LayerStats(in_features, dtype=stats_dtype, product_dtype=product_dtype, name=label,
-                                    statistics=statistics)
+                                    statistics=stream_statistics)
                 stats.update({name: shared for name in members})
             representatives = [members[0] for members in sharing]
             last_inputs, last_outputs = [], []
@@ -321,6 +328,8 @@ def quantize_layers_in_block(
                         stats[name].update(X if X is not None else X_tilde[name], None if same else X_tilde[name])
                     for name in group if float_inputs is not None else ():
                         del float_inputs[batch][name]  # this group's X is no longer needed
+            if output_factors is not None:
+                stats = {name: WithOutputFactor(stats[name], output_factors.pop(prefix + name)) for name in group}
             solved = _solve_group(group, sharing, stats, quant_modules, recipe, prefix, errors, parallel, timer)
             for name in group:
                 layer = quant_modules[name]
@@ -337,6 +346,17 @@ def quantize_layers_in_block(
             with timer.phase("quantized_forward"), torch.no_grad():
                 quant_outputs = [hidden_of(run()) for run in runs]
     return outcome, float_outputs, quant_outputs
+
+
+class WithOutputFactor:
+    """A layer's stream statistics (H, G, …: a shared :class:`~qronos_linalg.LayerStats`) with its own
+    output-side factor ``H_out``, as :func:`~qronos_linalg.recipe.solve` reads them."""
+
+    def __init__(self, stats: LayerStats, H_out):
+        self.stats, self.H_out = stats, H_out
+
+    def __getattr__(self, name):
+        return getattr(self.stats, name)
 
 
 def _solve_group(group, sharing, stats, modules, recipe: Recipe, prefix: str, errors: bool, parallel,

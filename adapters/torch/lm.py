@@ -148,6 +148,7 @@ def quantize_causal_lm(
     stats_dtype: str = "float64",
     product_dtype: str | None = None,
     errors: bool = True,
+    gradient_windows: int | None = None,
     seed: int = 0,
     progress: bool = True,
     on_block=None,
@@ -165,9 +166,11 @@ def quantize_causal_lm(
     to advance (a submodule whose layers are all quantized runs once more per batch, its output reused
     by the later runs). A recipe that needs no statistics (RTN) without errors runs no calibration forward at
     all, and ``calibration`` may then be None. YAQA (``recipe`` needing H_out) instead takes each layer's
-    Kronecker factors from one forward and backward of the float model per calibration window, with
-    labels sampled from its own softmax (``seed``; :mod:`.hessians`), and rounds every layer with them;
-    its report's errors are YAQA's objective from the same factors. ``on_block(index, float_stream, quant_stream)`` sees both
+    Kronecker factors from one forward and backward of the float model per calibration window (the first
+    ``gradient_windows``; None: all), with labels sampled from its own softmax (``seed``; :mod:`.hessians`),
+    and rounds every layer with them; its report's errors are YAQA's objective from the same factors.
+    ``yaqa-qronos`` takes H_out from that gradient pass and H, G from the two streams, like Qronos (not
+    data-parallel or onloaded yet). ``on_block(index, float_stream, quant_stream)`` sees both
     streams (lists of hidden-state batches; the float one None where it is not kept) after each block.
     ``parallel`` (a :class:`~.distributed.DataParallel`, one per rank): this rank runs on its share of
     ``calibration`` (the same full set on every rank), statistics are reduced to each layer's owner, which
@@ -187,6 +190,15 @@ def quantize_causal_lm(
     if statistics and (not isinstance(calibration, torch.Tensor) or calibration.ndim != 2
                        or calibration.shape[0] == 0):
         raise ValueError("calibration must be a non-empty 2-D tensor of token ids (n_windows × seq_len)")
+    if gradient_windows is not None and gradient_windows < 1:
+        raise ValueError(f"gradient_windows must be at least 1 (or None: every window), got {gradient_windows}")
+    gradients = "H_out" in statistics  # YAQA's factors from the float model's gradients
+    streams = bool(statistics) and (not gradients or recipe.solver.solver.uses_float_inputs)
+    if gradients and streams and (parallel is not None or onloader is not None):
+        raise ValueError(f"{recipe.solver.algorithm} runs in one process with the whole model loaded "
+                         "(not data-parallel, no onloading)")
+    if gradients and not streams:  # the gradient windows are all this run needs
+        calibration = calibration[:gradient_windows]
     blocks_name, block_list = resolve_block_list(model, blocks)
     windows = calibration
     if parallel is not None:
@@ -197,11 +209,11 @@ def quantize_causal_lm(
     start = time.perf_counter()
     timer = PhaseTimer()
     factors = None
-    if "H_out" in statistics and onloader is not None:
+    if gradients and onloader is not None:
         raise ValueError("YAQA needs the gradients of the whole model, not one block at a time")
-    if "H_out" in statistics:  # YAQA: the float model's gradients, before any activation quantizer exists
+    if gradients:  # the float model's gradients, before any activation quantizer exists
         with timer.phase("gradients"):
-            factors = kronecker_factors(model, calibration, _block_layers(block_list, blocks_name),
+            factors = kronecker_factors(model, calibration[:gradient_windows], _block_layers(block_list, blocks_name),
                                         seed=seed, progress=progress, average=parallel is None,
                                         first_window=0 if parallel is None else parallel.first_window(windows))
     if recipe.act_bits is not None:
@@ -209,13 +221,15 @@ def quantize_causal_lm(
             for layer in supported_layers(block).values():
                 _add_act_quantizer(layer, recipe.act_bits)
     bar = progress_bar(sum(len(supported_layers(b)) for b in block_list), "quantize", "layer", enabled=progress)
-    if factors is not None:
+    if factors is not None and not streams:
         outcome = _round_with_factors(block_list, blocks_name, recipe, factors, errors, timer, bar, parallel)
-    elif statistics:
+    elif streams:
+        output_factors = None if factors is None else {name: factor.H_out for name, factor in factors.items()}
+        del factors  # yaqa-qronos keeps H_out only (its H and G come from the streams)
         outcome = _two_stream_pipeline(model, block_list, blocks_name, calibration, recipe, x_mode=x_mode,
                                        batch_size=batch_size, stats_dtype=stats_dtype, product_dtype=product_dtype,
                                        errors=errors, timer=timer, bar=bar, on_block=on_block, parallel=parallel,
-                                       onloader=onloader)
+                                       onloader=onloader, output_factors=output_factors)
     else:
         outcome = _round_without_calibration(block_list, blocks_name, recipe, timer, bar, onloader)
     results = {name: result for name, (result, _) in outcome.items() if result is not None}
@@ -302,9 +316,9 @@ def _stored(index: int, solved: dict, onloader) -> dict:
 
 def _two_stream_pipeline(model, block_list, blocks_name: str, calibration, recipe: Recipe, *, x_mode: str,
                          batch_size: int, stats_dtype: str, product_dtype, errors: bool, timer: PhaseTimer, bar,
-                         on_block, parallel, onloader) -> dict:
+                         on_block, parallel, onloader, output_factors=None) -> dict:
     """Block after block: statistics from the float and the quantized stream, solves, both streams advance
-    (the float one only where X is needed)."""
+    (the float one only where X is needed). ``output_factors``: each layer's H_out (yaqa-qronos)."""
     needs_x = any(name in needed_statistics(recipe, errors) for name in ("G", "H_float"))
     with timer.phase("float_forward"):
         quant_stream, contexts = capture_block_inputs(model, block_list, calibration, batch_size, onloader)
@@ -322,7 +336,7 @@ def _two_stream_pipeline(model, block_list, blocks_name: str, calibration, recip
             [_block_call(block, *run) for run in zip(quant_stream, contexts[index])],
             recipe, prefix=prefix, stats_dtype=stats_dtype, product_dtype=product_dtype, errors=errors,
             keep_float_outputs=needs_x and x_mode == "float", advance=True, on_layer=lambda name: bar.update(1),
-            timer=timer, parallel=parallel,
+            timer=timer, parallel=parallel, output_factors=output_factors,
         )
         outcome.update(_stored(index, solved, onloader))
         if float_outputs is not None:
