@@ -18,7 +18,8 @@ X_MODES = ("float", "block")
 #: Qronos on SmolLM2 W3 g128 at 128 × 512 calibration, block vs float X: Wikipedia perplexity 40.01 vs 42.53
 #: (KL 0.618 vs 0.695), news 54.74 vs 61.19 (KL 0.633 vs 0.725), and 18% less time (no separate float stream).
 #: GPFQ on W4 per-channel, same calibration: block vs float X, Wikipedia 31.38 vs 33.06 (KL 0.356 vs 0.421), news
-#: 43.64 vs 45.95 (KL 0.383 vs 0.433). yaqa-qronos, whose target is Qronos' (proofs/yaqa_qronos.md), takes
+#: 43.64 vs 45.95 (KL 0.383 vs 0.433); GPTAQ keeps float X, W4: 29.29 vs 30.65 (KL 0.268 vs 0.321), news 39.90 vs
+#: 41.29 (KL 0.289 vs 0.336). yaqa-qronos, whose target is Qronos' (proofs/yaqa_qronos.md), takes
 #: Qronos' X (not measured on its own).
 SOLVER_X_MODES: dict = {"gpfq": "block", "qronos": "block", "yaqa-qronos": "block"}
 #: YAQA's gradient windows for its Kronecker factors (:mod:`.hessians`) unless told: None = every calibration
