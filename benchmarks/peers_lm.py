@@ -40,15 +40,18 @@ VENVS = {
     "llmcompressor": Path("/work/peers-llmc-venv"),
     "gptqmodel": Path("/work/peers-gptqmodel213-venv"),
 }
+#: Act-order flags of the workers (Brevitas' and GPTQModel's spellings); a row with one is labelled "act-order".
+ACT_ORDER_FLAGS = ("--act-order", "--desc-act")
 ROWS = {
-    f"{peer}-{algo}-{setting}": (peer, algo, setting, flags)
+    f"{peer}-{algo}{'-act-order' if flags == ['--desc-act'] else ''}-{setting}": (peer, algo, setting, flags)
     for setting in ("w4pc", "w3g128")
     for peer, algo, flags in (
         ("brevitas", "gptq", ["--act-order"]),
         ("brevitas", "qronos", ["--act-order"]),
         ("brevitas", "gpfq", ["--act-order"]),
         ("llmcompressor", "gptq", []),
-        ("gptqmodel", "gptq", []),
+        ("gptqmodel", "gptq", []),  # its default: no act-order (desc_act=False)
+        ("gptqmodel", "gptq", ["--desc-act"]),
     )
 }
 
@@ -119,7 +122,7 @@ def page(peers: dict) -> str:
             if row_setting != setting or row_id not in peers:
                 continue
             row = peers[row_id]
-            label = f"{algo}{' act-order' if '--act-order' in flags else ''}"
+            label = f"{algo}{' act-order' if set(flags) & set(ACT_ORDER_FLAGS) else ''}"
             if "error" in row:
                 lines.append(f"| {name} | {peer} | {label} | not run: {row['error']} | | | | | |")
                 continue
