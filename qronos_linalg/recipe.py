@@ -81,6 +81,11 @@ class Solver:
         """Whether the solver fits the float model's X (needs G = X̃ᵀX), not only X̃."""
         return "G" in self.statistics
 
+    @property
+    def rounds_with_gradient_factors_only(self) -> bool:
+        """Whether every statistic comes from YAQA's gradient pass (H_in, H_out: no calibration streams)."""
+        return "H_out" in self.statistics and not self.uses_float_inputs
+
 
 #: Act-order (columns by decreasing diag H) by default for every column-order solver, from measurements:
 #: SmolLM2 W3 g128 OPTQ at 128 × 512 calibration, Wikipedia perplexity 72.5 → 52.2 and news 106.4 → 76.7;
@@ -337,7 +342,7 @@ def solve(W, stats, grid_spec: GridSpec, solver_spec: SolverSpec, *, name: str |
                          damp=result.damp, damp_mode=result.damp_mode, dead_columns=dead, time_s=elapsed, note=note)
     if errors:
         rtn_weight = result.weight if result.algorithm == "rtn" else rtn(target, grid).weight
-        if "H_out" in solver.statistics and not solver.uses_float_inputs:
+        if solver.rounds_with_gradient_factors_only:
             _kronecker_errors(report, W64, result.weight, rtn_weight, S["H"], S["H_out"])
         else:
             _output_errors(report, W64, result.weight, rtn_weight, stats, xp)

@@ -207,7 +207,8 @@ def _quantize_lm(args, parallel) -> int:
         raise ValueError("--gguf-type applies to --format gguf only")
     if values["onload"]:
         _check_onload(args, values, recipe)
-    if parallel is not None and "H_out" in recipe.solver.statistics and recipe.solver.solver.uses_float_inputs:
+    solver = recipe.solver.solver
+    if parallel is not None and "H_out" in solver.statistics and not solver.rounds_with_gradient_factors_only:
         raise ValueError(f"--algo {recipe.solver.algorithm} does not run data-parallel yet: run one process")
     status(f"loading {args.model}", enabled=not quiet)
     folder = model_folder(args.model)

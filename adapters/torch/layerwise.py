@@ -214,7 +214,7 @@ def needed_statistics(recipe: Recipe, errors: bool) -> tuple[str, ...]:
     """The layer statistics a run collects: the solver's, and G and H_float for the report's errors (YAQA's
     Kronecker factors H, H_out serve its errors too; yaqa-qronos' H_out comes with the stream statistics)."""
     spec = recipe.solver
-    if "H_out" in spec.statistics and not spec.solver.uses_float_inputs:
+    if spec.solver.rounds_with_gradient_factors_only:
         return spec.statistics
     needed = set(spec.statistics) | ({"H", "G", "H_float"} if errors else set())
     return tuple(name for name in (*STATISTIC_NAMES, "H_out") if name in needed)

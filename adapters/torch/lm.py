@@ -193,7 +193,7 @@ def quantize_causal_lm(
     if gradient_windows is not None and gradient_windows < 1:
         raise ValueError(f"gradient_windows must be at least 1 (or None: every window), got {gradient_windows}")
     gradients = "H_out" in statistics  # YAQA's factors from the float model's gradients
-    streams = bool(statistics) and (not gradients or recipe.solver.solver.uses_float_inputs)
+    streams = bool(statistics) and not recipe.solver.solver.rounds_with_gradient_factors_only
     if gradients and streams and (parallel is not None or onloader is not None):
         raise ValueError(f"{recipe.solver.algorithm} runs in one process with the whole model loaded "
                          "(not data-parallel, no onloading)")
